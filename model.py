@@ -1,0 +1,100 @@
+"""The seed's 8,286-parameter MNIST CNN: BatchNorm + Dropout + 1x1 convs + global average pooling.
+
+    python model.py        # print the layer table (type, output shape, params) and the total
+"""
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class GhostBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that normalises each virtual batch of `virtual_batch` samples on its own while training.
+
+    Same parameters and buffers as nn.BatchNorm2d (so checkpoints are interchangeable); running statistics
+    are the mean over virtual batches of their means and unbiased variances, updated once per step, and are
+    used for evaluation exactly as in BN. A training batch that does not split evenly keeps a short last
+    virtual batch (the last batch of an epoch may be short).
+    """
+
+    def __init__(self, num_features, virtual_batch=8, **kw):
+        super().__init__(num_features, **kw)
+        self.virtual_batch = virtual_batch
+
+    def forward(self, x):  # x: (N, C, H, W)
+        if not self.training or x.shape[0] <= self.virtual_batch:
+            return super().forward(x)
+        chunks = x.split(self.virtual_batch)
+        means = torch.stack([c.mean(dim=(0, 2, 3)) for c in chunks])                 # (G, C)
+        vars_ = torch.stack([c.var(dim=(0, 2, 3), unbiased=False) for c in chunks])  # (G, C)
+        with torch.no_grad():  # the running statistics see every virtual batch, as BN sees every batch
+            n = torch.tensor([c.numel() // c.shape[1] for c in chunks], dtype=x.dtype, device=x.device)
+            unbiased = vars_ * (n / (n - 1).clamp(min=1))[:, None]
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(means.mean(0), self.momentum)
+            self.running_var.lerp_(unbiased.mean(0), self.momentum)
+        sizes = [c.shape[0] for c in chunks]
+        mean = means.repeat_interleave(torch.tensor(sizes, device=x.device), dim=0)  # (N, C)
+        var = vars_.repeat_interleave(torch.tensor(sizes, device=x.device), dim=0)
+        x_hat = (x - mean[:, :, None, None]) * torch.rsqrt(var[:, :, None, None] + self.eps)
+        return x_hat * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def conv(c_in, c_out, k):
+    """3x3 convolutions keep the size (padding 1); every convolution is bias-free, as in the seed."""
+    return nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False)
+
+
+class Net(nn.Sequential):
+    """Layers are registered in forward order, so printing, iterating and the state_dict follow the data."""
+
+    def __init__(self, dropout=0.05, norm="bn", virtual_batch=8):
+        def bn(c):
+            return nn.BatchNorm2d(c) if norm == "bn" else GhostBatchNorm2d(c, virtual_batch)
+
+        layers = OrderedDict()
+        def block(i, c_in, c_out, drop=True):  # conv 3x3 -> ReLU -> BN (-> Dropout)
+            layers[f"conv{i}"], layers[f"relu{i}"], layers[f"bn{i}"] = conv(c_in, c_out, 3), nn.ReLU(), bn(c_out)
+            if drop:
+                layers[f"drop{i}"] = nn.Dropout(dropout)
+
+        block(1, 1, 10)                                          # 10x28x28
+        block(2, 10, 16)                                         # 16x28x28
+        layers["conv3"], layers["pool3"] = conv(16, 10, 1), nn.MaxPool2d(2)    # 10x14x14
+        block(4, 10, 16, drop=False)                             # 16x14x14
+        block(5, 16, 16)                                         # 16x14x14
+        layers["conv6"], layers["pool6"] = conv(16, 16, 1), nn.MaxPool2d(2)    # 16x7x7
+        block(7, 16, 10)                                         # 10x7x7
+        block(8, 10, 10)                                         # 10x7x7
+        layers["gap"], layers["conv9"] = nn.AvgPool2d(7), conv(10, 10, 1)       # 10x1x1 -> logits
+        layers["flatten"] = nn.Flatten()                         # (N, 10)
+        super().__init__(layers)
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def summary(model, input_shape=(1, 1, 28, 28)):
+    """The layer table as text: one row per layer with its output shape and parameter count, then the total."""
+    rows, hooks = [], []
+    for name, layer in model.named_children():
+        hooks.append(layer.register_forward_hook(
+            lambda m, i, o, name=name: rows.append((f"{type(m).__name__}-{name}", list(o.shape[1:]),
+                                                    count_params(m)))))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(input_shape))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    lines = [f"{'Layer (type)':>24} {'Output Shape':>18} {'Param #':>9}", "=" * 53]
+    lines += [f"{name:>24} {str(shape):>18} {n:>9,}" for name, shape, n in rows]
+    lines += ["=" * 53, f"Total params: {count_params(model):,}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(summary(Net()))

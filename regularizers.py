@@ -1,0 +1,48 @@
+"""The variant table and the weight penalties added to the loss.
+
+Which parameters are penalised: the convolution weights only, as in the seed's intent. BatchNorm's affine
+parameters are left out on purpose: beta is a shift with no notion of "small is simple", and an L1 pull on
+gamma prunes whole channels (network slimming), a different experiment from weight decay. Note that every
+convolution except the last one feeds a ReLU -> BatchNorm, which makes the output invariant to the scale of
+its weights; on those layers a penalty mostly shrinks the weights and so raises the effective learning rate
+(van Laarhoven 2017), while on the last 1x1 convolution (the classifier) it limits the logits' scale.
+"""
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Variant:
+    l1: float = 0.0              # lambda_1 in  lambda_1 * sum |w|
+    l2: float = 0.0              # lambda_2 in  lambda_2 * sum w^2
+    norm: str = "bn"             # "bn" or "gbn" (Ghost BatchNorm)
+
+
+# Chosen on a validation split (the last 10k training images), see `make sweep` and the README.
+L1 = 1e-5
+L2 = 1e-4
+
+VARIANTS = {
+    "none": Variant(),
+    "l1": Variant(l1=L1),
+    "l2": Variant(l2=L2),
+    "l1l2": Variant(l1=L1, l2=L2),
+    "gbn": Variant(norm="gbn"),
+    "gbn_l1l2": Variant(l1=L1, l2=L2, norm="gbn"),
+}
+
+
+def penalized(model):
+    """The parameters the penalties cover: convolution weights (4-D tensors), never BatchNorm's."""
+    return [p for name, p in model.named_parameters() if name.endswith("weight") and p.dim() == 4]
+
+
+def penalty(params, l1=0.0, l2=0.0):
+    """l1 * sum|w| + l2 * sum w^2 over params, as a differentiable scalar tensor (zero when both are zero)."""
+    total = params[0].new_zeros(())
+    if l1:
+        total = total + l1 * sum(p.abs().sum() for p in params)
+    if l2:
+        total = total + l2 * sum(p.pow(2).sum() for p in params)
+    return total
