@@ -301,7 +301,7 @@ def render(folder, data_dir):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="plot.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default="results", help="folder of <variant>.json files; figures go there too")
     p.add_argument("--data", default="data", help="MNIST folder, for the misclassified images")
     args = p.parse_args(argv)

@@ -83,8 +83,16 @@ def seed_everything(seed):
 # -----------------------------------------------------------------------------
 # data: the whole set lives on the device as uint8; batches are sliced, augmented as whole tensors
 
+def in_repo(path, default):
+    """The default folders live in the repository, wherever it is run from; other paths are as given."""
+    return os.path.join(REPO, path) if path == default else path
+
+
 def load_split(cfg, device):
-    train_x, train_y, test_x, test_y = data.load_mnist(cfg.data, log=lambda s: tqdm.write(s))
+    root = in_repo(cfg.data, Config.data)
+    if not os.path.isdir(root) and cfg.data != Config.data:  # a typo must not start a download into a new folder
+        raise ValueError(f"--data {cfg.data} is not a directory; run `python data.py --data {cfg.data}` to fetch MNIST there")
+    train_x, train_y, test_x, test_y = data.load_mnist(root, log=lambda s: tqdm.write(s))
     if cfg.val:  # validation: the last 10k training images, never the test set
         train_x, train_y, test_x, test_y = train_x[:50000], train_y[:50000], train_x[50000:], train_y[50000:]
     for flag, limit, n in [("--train-limit", cfg.train_limit, len(train_x)), ("--test-limit", cfg.test_limit, len(test_x))]:
@@ -250,7 +258,7 @@ def train_seed(seed, cfg, split, state_path, resume):
                                 "rng_data": gen.get_state(), "history": history,
                                 "rng_cuda": torch.cuda.get_rng_state() if cfg.device == "cuda" else torch.zeros(0)})
     _, final_acc, correct, preds = evaluate(net, test_x, test_y, cfg)
-    ckpt = os.path.join(cfg.out, f"{cfg.name}-seed{seed}.pt")
+    ckpt = os.path.join(os.path.dirname(os.path.dirname(state_path)), f"{cfg.name}-seed{seed}.pt")
     state_dict = {k: v.contiguous().cpu() for k, v in net.state_dict().items()}  # loadable by a plain Net()
     save_torch(ckpt, state_dict)
     accs = [h["test_acc"] for h in history]
@@ -315,7 +323,8 @@ def seed_list(s):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                usage="%(prog)s --variant {" + ",".join(VARIANTS) + "} [options]  (-h for all)")
     d = Config()
     p.add_argument("--variant", choices=list(VARIANTS), required=True, help="which penalty / norm (regularizers.py)")
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"epochs per seed (default {d.epochs})")
@@ -360,11 +369,12 @@ def main(argv=None):
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t0 = time.perf_counter()
     try:
-        check_writable(cfg.out)
+        out = in_repo(cfg.out, Config.out)
+        check_writable(out)
         split = load_split(cfg, cfg.device)
     except (ValueError, data.DataError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
-    json_path = os.path.join(cfg.out, f"{cfg.name}.json")
+    json_path = os.path.join(out, f"{cfg.name}.json")
     commit, dirty = git_info()
     done = {}
     if resume and os.path.exists(json_path):  # seeds a killed multi-seed run already finished
@@ -372,7 +382,7 @@ def main(argv=None):
             old = json.load(f)
         if comparable(old["config"]) == comparable(asdict(cfg)):
             done = {r["seed"]: r for r in old["runs"] if r["seed"] in cfg.seeds}
-    state_dir = os.path.join(cfg.out, "state")
+    state_dir = os.path.join(out, "state")
     if resume and not done and not any(os.path.exists(os.path.join(state_dir, f"{cfg.name}-seed{s}.pt")) for s in cfg.seeds):
         parser.exit(2, f"{parser.prog}: error: --resume: no saved state for {cfg.name} seeds {cfg.seeds} in {state_dir}\n")
     n_train = len(split[0])
