@@ -158,9 +158,9 @@ def load_mnist(root="data", log=print):
     return train_x, train_y, test_x, test_y
 
 
-def to_float(x_uint8, normalize):
+def to_float(x_uint8, normalize, dtype=torch.float32):
     """uint8 (N, 28, 28) -> float (N, 1, 28, 28), normalised as (pixel/255 - mean) / std."""
-    return (x_uint8.unsqueeze(1).float().div_(255) - normalize["mean"]) / normalize["std"]
+    return (x_uint8.unsqueeze(1).to(dtype).div_(255) - normalize["mean"]) / normalize["std"]
 
 
 def data_sha256():

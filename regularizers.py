@@ -38,11 +38,16 @@ def penalized(model):
     return [p for name, p in model.named_parameters() if name.endswith("weight") and p.dim() == 4]
 
 
-def penalty(params, l1=0.0, l2=0.0):
-    """l1 * sum|w| + l2 * sum w^2 over params, as a differentiable scalar tensor (zero when both are zero)."""
-    total = params[0].new_zeros(())
-    if l1:
-        total = total + l1 * sum(p.abs().sum() for p in params)
-    if l2:
-        total = total + l2 * sum(p.pow(2).sum() for p in params)
-    return total
+def penalty(params, l1=0.0, l2=0.0, k=None):
+    """l1 * sum|w| + l2 * sum w^2 over params, as a differentiable scalar tensor (zero when both are zero).
+
+    With k, the params hold k packed models stacked along their first dimension and l1, l2 may be (k,)
+    tensors, one lambda per model: the result is then a (k,) tensor, model i's penalty at position i.
+    """
+    rows = (k or 1, -1)
+    total = params[0].new_zeros(rows[0])
+    if torch.as_tensor(l1).any():
+        total = total + l1 * sum(p.reshape(rows).abs().sum(1) for p in params)
+    if torch.as_tensor(l2).any():
+        total = total + l2 * sum(p.reshape(rows).pow(2).sum(1) for p in params)
+    return total if k else total[0]

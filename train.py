@@ -24,6 +24,7 @@ from regularizers import VARIANTS, penalized, penalty
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 SCHEMA = 1
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 # -----------------------------------------------------------------------------
@@ -52,6 +53,8 @@ class Config:
     data: str = "data"
     out: str = "results"
     name: str = ""                 # file name stem; defaults to the variant
+    packed: bool = False           # several models in one grouped-conv graph
+    dtype: str = "float32"         # float64 only to check packed == solo without float32 rounding noise
     device: str = "auto"
 
 
@@ -107,7 +110,7 @@ def load_split(cfg, device):
 
 def rotate(x, max_deg, gen):
     """Rotate each image of x (N, 1, 28, 28) in [0, 1] by its own angle in [-max_deg, max_deg]."""
-    angle = (torch.rand(len(x), generator=gen, device=x.device) * 2 - 1) * math.radians(max_deg)
+    angle = (torch.rand(len(x), generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * math.radians(max_deg)
     cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (N, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -117,53 +120,59 @@ def rotate(x, max_deg, gen):
 def prepare(x_uint8, cfg, gen=None):
     """uint8 (N, 28, 28) -> normalised float (N, 1, 28, 28); augmented when a generator is given (training)."""
     if gen is not None and cfg.rotate_deg:
-        x = rotate(x_uint8.unsqueeze(1).float().div_(255), cfg.rotate_deg, gen)
+        x = rotate(x_uint8.unsqueeze(1).to(DTYPES[cfg.dtype]).div_(255), cfg.rotate_deg, gen)
         x = (x - cfg.normalize["mean"]) / cfg.normalize["std"]
     else:
-        x = data.to_float(x_uint8, cfg.normalize)
+        x = data.to_float(x_uint8, cfg.normalize, DTYPES[cfg.dtype])
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
 
 # -----------------------------------------------------------------------------
-# one epoch of training, one evaluation
+# one epoch of training, one evaluation, for a pack of K models (K = 1 when training one at a time)
 
-def train_one_epoch(net, opt, sched, params, train_x, train_y, gen, cfg, desc):
+def train_one_epoch(net, opt, sched, pack, train_x, train_y, cfg, desc):
+    """One epoch of K packed models, each on its own data order and augmentation; returns (K,) metrics."""
     net.train()
-    n = len(train_x)
-    order = torch.randperm(n, generator=gen, device=train_x.device)
+    n, k, dev = len(train_x), net.k, train_x.device
+    orders = [torch.randperm(n, generator=g, device=dev) for g in pack["data_gens"]]
+    params = penalized(net)
     # sums stay on the device; .item() forces a sync, so it is called once per epoch, not per step
-    loss_sum, pen_sum, correct = [torch.zeros((), device=train_x.device) for _ in range(3)]
-    steps = range(0, n, cfg.batch_size)
-    for start in tqdm(steps, desc=desc, leave=False, disable=None):
-        idx = order[start:start + cfg.batch_size]
-        x, y = prepare(train_x[idx], cfg, gen), train_y[idx].long()
-        logits = net(x)
-        data_loss = F.cross_entropy(logits, y)
-        pen = penalty(params, cfg.l1, cfg.l2)
+    loss_sum, pen_sum, correct = [torch.zeros(k, device=dev, dtype=torch.float64) for _ in range(3)]
+    for start in tqdm(range(0, n, cfg.batch_size), desc=desc, leave=False, disable=None):
+        idx = [o[start:start + cfg.batch_size] for o in orders]
+        x = torch.cat([prepare(train_x[i], cfg, g) for i, g in zip(idx, pack["data_gens"])], 1)  # (B, K, 28, 28)
+        y = torch.stack([train_y[i] for i in idx], 1).long()                                     # (B, K)
+        logits = net(x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x)  # (B, K, 10)
+        # one cross-entropy per model, each exactly as a model trained alone computes it
+        data_loss = torch.stack([F.cross_entropy(logits[:, i], y[:, i]) for i in range(k)])      # (K,)
+        pen = penalty(params, pack["l1"], pack["l2"], k=k)
         opt.zero_grad(set_to_none=True)
-        (data_loss + pen).backward()
+        (data_loss + pen).sum().backward()  # the models share no parameter: model k's gradient is its own loss's
         opt.step()
         sched.step()
         # sum the losses weighted by batch size, then divide by N: the last batch may be short
-        loss_sum += data_loss.detach() * len(idx)
-        pen_sum += pen.detach() * len(idx)
-        correct += (logits.argmax(1) == y).sum()
-    return loss_sum.item() / n, pen_sum.item() / n, 100.0 * correct.item() / n
+        loss_sum += data_loss.detach() * len(idx[0])
+        pen_sum += pen.detach() * len(idx[0])
+        correct += (logits.argmax(2) == y).sum(0)
+    return (loss_sum / n).tolist(), (pen_sum / n).tolist(), (100.0 * correct / n).tolist()
 
 
 @torch.no_grad()
 def evaluate(net, test_x, test_y, cfg):
-    """Mean test loss, accuracy in percent, and predictions (N,) for the misclassified list."""
+    """Per model: mean test loss, accuracy in percent, correct count; and predictions (K, N)."""
     net.eval()
-    loss_sum, preds = 0.0, []
+    k = net.k
+    loss_sum, preds = torch.zeros(k, device=test_x.device, dtype=torch.float64), []
     for start in range(0, len(test_x), cfg.batch_size):
-        logits = net(prepare(test_x[start:start + cfg.batch_size], cfg))
+        x = prepare(test_x[start:start + cfg.batch_size], cfg)                     # (B, 1, 28, 28)
+        x = x.expand(-1, k, -1, -1)                                                 # every model sees the image
+        logits = net(x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x.contiguous())
         y = test_y[start:start + cfg.batch_size].long()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        preds.append(logits.argmax(1))
-    preds = torch.cat(preds)
-    correct = (preds == test_y.long()).sum().item()
-    return float(loss_sum) / len(test_x), 100.0 * correct / len(test_x), correct, preds
+        loss_sum += torch.stack([F.cross_entropy(logits[:, i], y, reduction="sum") for i in range(k)])
+        preds.append(logits.argmax(2))
+    preds = torch.cat(preds).T                                                      # (K, N)
+    correct = (preds == test_y.long()).sum(1).tolist()
+    return (loss_sum / len(test_x)).tolist(), [100.0 * c / len(test_x) for c in correct], correct, preds
 
 
 # -----------------------------------------------------------------------------
@@ -206,71 +215,97 @@ def git_info():
 
 
 def comparable(cfg_dict):
-    """The part of the config a resumed run must share with the one that saved the state."""
-    return {k: v for k, v in cfg_dict.items() if k not in ("seeds", "device")}
+    """The part of the config a resumed run must share with the one that saved the state. A knob missing
+    from an older file is taken at its default, which is what the code did before the knob existed."""
+    full = asdict(Config()) | cfg_dict
+    return {k: v for k, v in full.items() if k not in ("seeds", "device")}
 
 
 # -----------------------------------------------------------------------------
-# one seed: init, epochs with a state file after each, final metrics and checkpoint
+# one pack: K (config, seed) members trained together; each keeps its own weights and random streams
 
-def train_seed(seed, cfg, split, state_path, resume):
+def build_pack(members, device):
+    """Initial weights, data generator and dropout generator of each member come from its seed alone."""
+    cfg = members[0][0]
+    state_dicts, data_gens, drop_gens = [], [], []
+    for _, seed in members:
+        seed_everything(seed)
+        state_dicts.append(model_lib.Net(cfg.dropout, cfg.norm, cfg.virtual_batch).state_dict())  # init on CPU
+        drop = torch.Generator(device=device)
+        # dropout continues the seed's stream after the initialisation, exactly as nn.Dropout would on CPU
+        drop.set_state(torch.get_rng_state() if device == "cpu" else torch.cuda.get_rng_state())
+        drop_gens.append(drop)
+        data_gens.append(torch.Generator(device=device).manual_seed(seed + 1_000_003))  # order + augmentation
+    net = model_lib.PackedNet(len(members), cfg.dropout, cfg.norm, cfg.virtual_batch)
+    net.load_state_dict(model_lib.pack(state_dicts))
+    net = net.to(device, DTYPES[cfg.dtype], memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    net.set_dropout_generators(drop_gens)
+    l1 = torch.tensor([m.l1 for m, _ in members], device=device, dtype=DTYPES[cfg.dtype])
+    l2 = torch.tensor([m.l2 for m, _ in members], device=device, dtype=DTYPES[cfg.dtype])
+    return net, {"data_gens": data_gens, "drop_gens": drop_gens, "l1": l1, "l2": l2}
+
+
+def train_pack(members, split, out, state_path, resume):
+    """Train K members for cfg.epochs; save state after every epoch; return one JSON run entry per member."""
+    cfg = members[0][0]
     train_x, train_y, test_x, test_y = split
-    seed_everything(seed)
-    net = model_lib.Net(cfg.dropout, cfg.norm, cfg.virtual_batch).to(cfg.device)  # weights from the seed alone
-    if cfg.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    gen = torch.Generator(device=cfg.device).manual_seed(seed + 1_000_003)  # data order + augmentation
+    net, pack = build_pack(members, cfg.device)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                                                pct_start=cfg.warmup)
-    history, run = [], {"seed": seed, "status": "ok"}
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, epochs=cfg.epochs, pct_start=cfg.warmup,
+                                                steps_per_epoch=math.ceil(len(train_x) / cfg.batch_size))
+    k = len(members)
+    label = ", ".join(f"{m.name} seed {s}" for m, s in members)
+    histories, runs = [[] for _ in members], [{"seed": s, "status": "ok"} for _, s in members]
+    signature = [comparable(asdict(m)) | {"seed": s} for m, s in members]
     if resume and os.path.exists(state_path):
         state = torch.load(state_path, map_location=cfg.device, weights_only=True)
-        if state["config"] != comparable(asdict(cfg)):
+        if state.get("members") != signature:
             raise ValueError(f"{state_path} was saved by a different config; delete it or drop --resume")
         net.load_state_dict(state["model"]); opt.load_state_dict(state["opt"]); sched.load_state_dict(state["sched"])
-        torch.set_rng_state(state["rng_cpu"]); gen.set_state(state["rng_data"])
-        if cfg.device == "cuda":
-            torch.cuda.set_rng_state(state["rng_cuda"])
-        history = state["history"]
-        tqdm.write(f"{cfg.name} seed {seed}: resumed after epoch {len(history)}")
-    params = penalized(net)
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        for g, st in zip(pack["data_gens"] + pack["drop_gens"], state["rng"]):
+            g.set_state(st)
+        histories, runs = state["histories"], state["runs"]
+        tqdm.write(f"{label}: resumed after epoch {len(histories[0])}")
+    for epoch in range(len(histories[0]) + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        train_loss, pen, train_acc = train_one_epoch(net, opt, sched, params, train_x, train_y, gen, cfg,
-                                                     f"{cfg.name} s{seed} e{epoch}")
+        train_loss, pen, train_acc = train_one_epoch(net, opt, sched, pack, train_x, train_y, cfg,
+                                                     f"{label} e{epoch}" if k == 1 else f"{k} models e{epoch}")
         test_loss, test_acc, _, _ = evaluate(net, test_x, test_y, cfg)
-        if cfg.device == "cuda":
-            torch.cuda.synchronize()
-        history.append({"epoch": epoch, "train_loss": finite_or_none(train_loss), "penalty": finite_or_none(pen),
-                        "train_acc": train_acc, "test_loss": finite_or_none(test_loss), "test_acc": test_acc,
-                        "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 3)})
-        tqdm.write(f"{cfg.name} seed {seed} epoch {epoch:2d}/{cfg.epochs}: train loss {train_loss:.4f} "
-                   f"(+penalty {pen:.4f}) acc {train_acc:.2f} | test loss {test_loss:.4f} acc {test_acc:.2f} "
-                   f"| {history[-1]['seconds']:.1f}s")
-        if not math.isfinite(train_loss + pen):
-            run.update(status="diverged", diverged_epoch=epoch)
-            tqdm.write(f"{cfg.name} seed {seed}: loss is not finite at epoch {epoch}: diverged, stopping this seed")
+        seconds = round(time.perf_counter() - t0, 3)
+        for i, (m, seed) in enumerate(members):
+            if runs[i]["status"] != "ok":
+                continue
+            histories[i].append({"epoch": epoch, "train_loss": finite_or_none(train_loss[i]),
+                                 "penalty": finite_or_none(pen[i]), "train_acc": train_acc[i],
+                                 "test_loss": finite_or_none(test_loss[i]), "test_acc": test_acc[i],
+                                 "lr": sched.get_last_lr()[0], "seconds": seconds})
+            tqdm.write(f"{m.name} seed {seed} epoch {epoch:2d}/{cfg.epochs}: train loss {train_loss[i]:.4f} "
+                       f"(+penalty {pen[i]:.4f}) acc {train_acc[i]:.2f} | test loss {test_loss[i]:.4f} "
+                       f"acc {test_acc[i]:.2f} | {seconds:.1f}s")
+            if not math.isfinite(train_loss[i] + pen[i]):
+                runs[i].update(status="diverged", diverged_epoch=epoch)
+                tqdm.write(f"{m.name} seed {seed}: loss is not finite at epoch {epoch}: diverged")
+        if all(r["status"] != "ok" for r in runs):
             break
-        save_torch(state_path, {"config": comparable(asdict(cfg)), "model": net.state_dict(), "opt": opt.state_dict(),
-                                "sched": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
-                                "rng_data": gen.get_state(), "history": history,
-                                "rng_cuda": torch.cuda.get_rng_state() if cfg.device == "cuda" else torch.zeros(0)})
+        save_torch(state_path, {"members": signature, "model": net.state_dict(), "opt": opt.state_dict(),
+                                "sched": sched.state_dict(), "histories": histories, "runs": runs,
+                                "rng": [g.get_state() for g in pack["data_gens"] + pack["drop_gens"]]})
     _, final_acc, correct, preds = evaluate(net, test_x, test_y, cfg)
-    ckpt = os.path.join(os.path.dirname(os.path.dirname(state_path)), f"{cfg.name}-seed{seed}.pt")
-    state_dict = {k: v.contiguous().cpu() for k, v in net.state_dict().items()}  # loadable by a plain Net()
-    save_torch(ckpt, state_dict)
-    accs = [h["test_acc"] for h in history]
-    best = max(range(len(accs)), key=lambda i: accs[i])
-    wrong = (preds != test_y.long()).nonzero().flatten().tolist()
-    run.update(epochs=history, final_test_acc=final_acc, test_correct=correct, best_test_acc=accs[best],
-               best_epoch=best + 1, first_epoch_at_99_4=next((h["epoch"] for h in history if h["test_acc"] >= 99.4), None),
-               misclassified=[{"index": i, "label": int(test_y[i]), "pred": int(preds[i])} for i in wrong],
-               checkpoint=os.path.relpath(os.path.abspath(ckpt), REPO))
+    weights = model_lib.unpack({key: v.cpu() for key, v in net.state_dict().items()}, k)  # plain Net state_dicts
+    for i, (m, seed) in enumerate(members):
+        ckpt = os.path.join(out, f"{m.name}-seed{seed}.pt")
+        save_torch(ckpt, weights[i])
+        accs = [h["test_acc"] for h in histories[i]]
+        best = max(range(len(accs)), key=lambda j: accs[j])
+        wrong = (preds[i] != test_y.long()).nonzero().flatten().tolist()
+        runs[i].update(epochs=histories[i], final_test_acc=final_acc[i], test_correct=correct[i],
+                       best_test_acc=accs[best], best_epoch=best + 1,
+                       first_epoch_at_99_4=next((h["epoch"] for h in histories[i] if h["test_acc"] >= 99.4), None),
+                       misclassified=[{"index": j, "label": int(test_y[j]), "pred": int(preds[i][j])} for j in wrong],
+                       checkpoint=os.path.relpath(os.path.abspath(ckpt), REPO))
     if os.path.exists(state_path):  # a finished run needs no state
         os.remove(state_path)
-    return run
+    return runs
 
 
 def summarize(runs):
@@ -322,14 +357,30 @@ def seed_list(s):
     return seeds
 
 
+def variant_list(s):
+    names = s.split(",")
+    for name in names:
+        if name not in VARIANTS:
+            raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(VARIANTS)})")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{s!r} names a variant twice")
+    return names
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 usage="%(prog)s --variant {" + ",".join(VARIANTS) + "} [options]  (-h for all)")
     d = Config()
-    p.add_argument("--variant", choices=list(VARIANTS), required=True, help="which penalty / norm (regularizers.py)")
+    p.add_argument("--variant", type=variant_list, required=True,
+                   help="which penalty / norm (regularizers.py); several, comma-separated, train one after another "
+                        "or, with --packed, together")
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"epochs per seed (default {d.epochs})")
     p.add_argument("--seeds", type=seed_list, default=d.seeds, help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device, help="auto = cuda if present")
+    p.add_argument("--packed", action="store_true", help="train every (variant, seed) in one grouped-conv graph")
+    p.add_argument("--dtype", choices=list(DTYPES), default=d.dtype, help="float64 is for exactness checks")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=d.channels_last,
+                   help="channels-last memory format (default on: faster convolutions on CPU)")
     p.add_argument("--l1", type=finite_nonneg, default=None, help="override the variant's lambda_1")
     p.add_argument("--l2", type=finite_nonneg, default=None, help="override the variant's lambda_2")
     p.add_argument("--lr", type=finite_pos, default=d.lr, help=f"OneCycle peak learning rate (default {d.lr})")
@@ -347,11 +398,13 @@ def parse_args(argv=None):
         p.error(f"argument --dropout: {args.dropout} must be < 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("argument --device: cuda was asked for but torch sees no CUDA device")
-    if args.name and (os.sep in args.name or args.name.startswith(".")):
-        p.error(f"argument --name: {args.name!r} must be a plain file name")
-    cfg = Config(**{k: v for k, v in vars(args).items() if k != "resume"})
-    cfg.train_limit, cfg.test_limit = args.train_limit or 0, args.test_limit or 0
-    return resolve(cfg), args.resume, p
+    if args.name and (os.sep in args.name or args.name.startswith(".") or len(args.variant) > 1):
+        p.error(f"argument --name: {args.name!r} must be a plain file name, for one variant")
+    if args.packed and len({VARIANTS[v].norm for v in args.variant}) > 1:
+        p.error("argument --packed: a pack needs one kind of norm; train bn and gbn variants in separate packs")
+    fields = {k: v for k, v in vars(args).items() if k not in ("resume", "variant")}
+    fields.update(train_limit=args.train_limit or 0, test_limit=args.test_limit or 0)
+    return [resolve(Config(variant=v, **fields)) for v in args.variant], args.resume, p
 
 
 def check_writable(folder):
@@ -364,8 +417,14 @@ def check_writable(folder):
         raise ValueError(f"cannot write to --out {folder}: {e.strerror}")
 
 
+def result_json(cfg, runs, env):
+    return {"schema": SCHEMA, "variant": cfg.variant, "config": asdict(cfg), "env": env,
+            "runs": sorted(runs, key=lambda r: cfg.seeds.index(r["seed"])), "summary": summarize(runs)}
+
+
 def main(argv=None):
-    cfg, resume, parser = parse_args(argv)
+    cfgs, resume, parser = parse_args(argv)
+    cfg = cfgs[0]  # what all members share: everything but variant, lambdas and name
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t0 = time.perf_counter()
     try:
@@ -374,48 +433,53 @@ def main(argv=None):
         split = load_split(cfg, cfg.device)
     except (ValueError, data.DataError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
-    json_path = os.path.join(out, f"{cfg.name}.json")
     commit, dirty = git_info()
-    done = {}
-    if resume and os.path.exists(json_path):  # seeds a killed multi-seed run already finished
-        with open(json_path) as f:
-            old = json.load(f)
-        if comparable(old["config"]) == comparable(asdict(cfg)):
-            done = {r["seed"]: r for r in old["runs"] if r["seed"] in cfg.seeds}
-    state_dir = os.path.join(out, "state")
-    if resume and not done and not any(os.path.exists(os.path.join(state_dir, f"{cfg.name}-seed{s}.pt")) for s in cfg.seeds):
-        parser.exit(2, f"{parser.prog}: error: --resume: no saved state for {cfg.name} seeds {cfg.seeds} in {state_dir}\n")
-    n_train = len(split[0])
-    tqdm.write(f"{cfg.name}: l1={cfg.l1:g} l2={cfg.l2:g} norm={cfg.norm}, {len(cfg.seeds)} seed(s) x {cfg.epochs} epochs "
-               f"on {cfg.device}, {n_train:,} train images; on 2 CPU cores expect ~{0.5 * n_train / 60000:.1f} min "
-               f"per epoch, ~{0.5 * n_train / 60000 * cfg.epochs * len(cfg.seeds):.0f} min in all")
-    runs = []
-    for seed in cfg.seeds:
-        if seed in done:
-            runs.append(done[seed])
-            continue
+    env = {"command": " ".join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)]),
+           "git_commit": commit, "git_dirty": dirty, "torch": torch.__version__, "python": platform.python_version(),
+           "device": cfg.device, "device_name": torch.cuda.get_device_name() if cfg.device == "cuda"
+           else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+           "deterministic": torch.are_deterministic_algorithms_enabled(), "data_sha256": data.data_sha256(),
+           "started": started}
+    runs = {c.name: [] for c in cfgs}
+    for c in cfgs:  # --resume keeps the seeds a killed multi-seed run already finished
+        path = os.path.join(out, f"{c.name}.json")
+        if resume and os.path.exists(path):
+            with open(path) as f:
+                old = json.load(f)
+            if comparable(old["config"]) == comparable(asdict(c)):
+                runs[c.name] = [r for r in old["runs"] if r["seed"] in c.seeds]
+    todo = [(c, s) for c in cfgs for s in c.seeds if s not in {r["seed"] for r in runs[c.name]}]
+    packs = [todo] if cfg.packed and todo else [[m] for m in todo]
+    state_of = lambda pack: os.path.join(out, "state", "+".join(dict.fromkeys(c.name for c, _ in pack)) + "-seed"
+                                         + "-".join(str(s) for s in dict.fromkeys(s for _, s in pack)) + ".pt")
+    if resume and todo and not any(os.path.exists(state_of(p)) for p in packs) and not any(runs.values()):
+        parser.exit(2, f"{parser.prog}: error: --resume: no saved state for {', '.join(runs)} seeds {cfg.seeds} "
+                       f"in {os.path.join(out, 'state')}\n")
+    minutes = 0.5 * len(split[0]) / 60000 * cfg.epochs * len(todo)
+    tqdm.write(f"training {len(todo)} model(s) ({', '.join(f'{c.name}: l1={c.l1:g} l2={c.l2:g} norm={c.norm}' for c in cfgs)})"
+               f" x {cfg.epochs} epochs on {cfg.device}{', packed' if cfg.packed else ''}, {len(split[0]):,} train images;"
+               f" expect ~{minutes:.0f} min on 2 CPU cores (about 0.5 min per model-epoch), far less on a GPU")
+    for pack in packs:
         try:
-            runs.append(train_seed(seed, cfg, split, os.path.join(state_dir, f"{cfg.name}-seed{seed}.pt"), resume))
+            new = train_pack(pack, split, out, state_of(pack), resume)
         except ValueError as e:
             parser.exit(2, f"{parser.prog}: error: {e}\n")
-        # rewritten after every seed, so a long multi-seed run leaves usable results when it is stopped
-        write_json(json_path, {
-            "schema": SCHEMA, "variant": cfg.variant, "config": asdict(cfg),
-            "env": {"command": " ".join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)]),
-                    "git_commit": commit, "git_dirty": dirty, "torch": torch.__version__,
-                    "python": platform.python_version(), "device": cfg.device,
-                    "device_name": torch.cuda.get_device_name() if cfg.device == "cuda" else platform.processor() or platform.machine(),
-                    "threads": torch.get_num_threads(), "deterministic": torch.are_deterministic_algorithms_enabled(),
-                    "data_sha256": data.data_sha256(), "started": started, "wall_s": round(time.perf_counter() - t0, 1)},
-            "runs": runs, "summary": summarize(runs)})
-    s = summarize(runs)
-    if s["final_test_acc_mean"] is not None:
-        print(f"{cfg.name}: final test acc {s['final_test_acc_mean']:.2f} ± {s['final_test_acc_std']:.2f} "
-              f"(min {s['final_test_acc_min']:.2f}) over seeds {s['seeds']} -> {json_path}")
-    if s["diverged"]:
-        print(f"{cfg.name}: seeds {s['diverged']} diverged", file=sys.stderr)
-        return 1
-    return 0
+        for (c, _), run in zip(pack, new):
+            runs[c.name].append(run)
+        # rewritten after every pack, so a long multi-seed run leaves usable results when it is stopped
+        for c in {c.name: c for c, _ in pack}.values():
+            write_json(os.path.join(out, f"{c.name}.json"),
+                       result_json(c, runs[c.name], env | {"wall_s": round(time.perf_counter() - t0, 1)}))
+    failed = False
+    for c in cfgs:
+        s = summarize(runs[c.name])
+        if s["final_test_acc_mean"] is not None:
+            print(f"{c.name}: final test acc {s['final_test_acc_mean']:.2f} ± {s['final_test_acc_std']:.2f} "
+                  f"(min {s['final_test_acc_min']:.2f}) over seeds {s['seeds']} -> {os.path.join(out, c.name + '.json')}")
+        if s["diverged"]:
+            print(f"{c.name}: seeds {s['diverged']} diverged", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def test_resume_with_other_config_explains(tmp_path, capsys):
     from train import Config, comparable, save_torch
     from dataclasses import asdict
     os.makedirs(tmp_path / "state")
-    save_torch(str(tmp_path / "state" / "l1-seed0.pt"), {"config": comparable(asdict(Config(lr=0.5)))})
+    save_torch(str(tmp_path / "state" / "l1-seed0.pt"), {"members": [comparable(asdict(Config(lr=0.5)))]})
     with pytest.raises(SystemExit) as e:
         train.main(["--variant", "l1", "--data", DATA, "--out", str(tmp_path), "--resume", "--epochs", "1",
                     "--train-limit", "64", "--test-limit", "64", "--device", "cpu"])
