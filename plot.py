@@ -14,6 +14,7 @@ import sys
 import matplotlib
 matplotlib.use("Agg")  # no screen needed
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import torch
 
@@ -86,6 +87,7 @@ def plot_loss(results, path):
             x, arr = curves(r, key)
             band(ax, x, arr, name, COLORS.get(r["variant"], None))
         ax.set(title=title, xlabel="epoch", yscale="log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("cross-entropy (log scale)")
     axes[1].legend(title="variant, seeds")
@@ -96,14 +98,16 @@ def plot_loss(results, path):
 
 def plot_accuracy(results, path):
     fig, ax = plt.subplots(figsize=(9, 5))
-    tail = []
+    tail, top = [], []
     for name, r in results.items():
         x, arr = curves(r, "test_acc")
         band(ax, x, arr, name, COLORS.get(r["variant"], None))
         tail.append(np.nanmin(arr[:, min(2, arr.shape[1] - 1):]))  # zoom past the first two epochs
+        top.append(np.nanmax(arr))
     ax.axhline(99.4, ls="--", color="gray", lw=1, label="99.4% target")
-    lo = np.nanmin(tail) if np.isfinite(np.nanmin(tail)) else 90
-    ax.set_ylim(max(lo - 0.1, 90), 100 if lo < 99 else 99.8)
+    lo, hi = np.nanmin(tail), np.nanmax(top)
+    ax.set_ylim(max(lo - 0.1, 90) if np.isfinite(lo) else 90, min(max(hi, 99.4) + 0.1, 100) if np.isfinite(hi) else 100)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set(title="test accuracy per epoch (seed mean, min-max band)", xlabel="epoch", ylabel="test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")

@@ -440,7 +440,7 @@ def main(argv=None):
            else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "deterministic": torch.are_deterministic_algorithms_enabled(), "data_sha256": data.data_sha256(),
            "started": started}
-    runs = {c.name: [] for c in cfgs}
+    runs, earlier = {c.name: [] for c in cfgs}, {}
     for c in cfgs:  # --resume keeps the seeds a killed multi-seed run already finished
         path = os.path.join(out, f"{c.name}.json")
         if resume and os.path.exists(path):
@@ -448,6 +448,7 @@ def main(argv=None):
                 old = json.load(f)
             if comparable(old["config"]) == comparable(asdict(c)):
                 runs[c.name] = [r for r in old["runs"] if r["seed"] in c.seeds]
+                earlier[c.name] = old["env"]  # the provenance of the seeds kept
     todo = [(c, s) for c in cfgs for s in c.seeds if s not in {r["seed"] for r in runs[c.name]}]
     packs = [todo] if cfg.packed and todo else [[m] for m in todo]
     state_of = lambda pack: os.path.join(out, "state", "+".join(dict.fromkeys(c.name for c, _ in pack)) + "-seed"
@@ -469,7 +470,8 @@ def main(argv=None):
         # rewritten after every pack, so a long multi-seed run leaves usable results when it is stopped
         for c in {c.name: c for c, _ in pack}.values():
             write_json(os.path.join(out, f"{c.name}.json"),
-                       result_json(c, runs[c.name], env | {"wall_s": round(time.perf_counter() - t0, 1)}))
+                       result_json(c, runs[c.name], env | {"wall_s": round(time.perf_counter() - t0, 1)}
+                                   | ({"earlier": earlier[c.name]} if c.name in earlier else {})))
     failed = False
     for c in cfgs:
         s = summarize(runs[c.name])
