@@ -196,3 +196,12 @@ def test_make_rejects_bad_epochs():
     """`make l1 EPOCHS=abc` stops before training with a message naming the variable."""
     r = subprocess.run(["make", "-C", ROOT, "l1", "EPOCHS=abc"], capture_output=True, text=True)
     assert r.returncode != 0 and "EPOCHS=abc must be a positive integer" in r.stderr
+
+
+def test_resume_adds_seeds_and_keeps_provenance(run_train, tmp_path):
+    """--resume with more seeds keeps the finished ones (same numbers) and records where they came from."""
+    _, first = run_train("--variant", "l1", "--epochs", "1", "--seeds", "0", name="l1")
+    _, more = run_train("--variant", "l1", "--epochs", "1", "--seeds", "0,1", "--resume", name="l1")
+    assert [r["seed"] for r in more["runs"]] == [0, 1]
+    assert more["runs"][0] == first["runs"][0]
+    assert more["env"]["earlier"]["started"] == first["env"]["started"]
