@@ -19,8 +19,11 @@ class Variant:
     norm: str = "bn"             # "bn" or "gbn" (Ghost BatchNorm)
 
 
-# Chosen on a validation split (the last 10k training images), see `make sweep` and the README.
-L1 = 1e-5
+# Chosen by `make sweep` on the validation split (train on the first 50k, evaluate on the last 10k training
+# images; 4 epochs, seed 0): the largest lambda whose validation accuracy stays within 0.10 points (about one
+# binomial standard error on 10k images) of the no-penalty run (99.15%): l1 1e-4 (99.10%; 1e-3 falls to
+# 98.76%), l2 1e-4 (99.25%; 1e-3 falls to 99.02%). results/sweep.json holds every point.
+L1 = 1e-4
 L2 = 1e-4
 
 VARIANTS = {
