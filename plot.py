@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import warnings
 
 import matplotlib
 matplotlib.use("Agg")  # no screen needed
@@ -23,6 +24,8 @@ from model import Net
 from regularizers import VARIANTS
 
 SCHEMAS = {1}
+# a diverged run stops early: its missing epochs are NaN, and an all-NaN column is expected, not an error
+warnings.filterwarnings("ignore", "Mean of empty slice|All-NaN slice encountered", RuntimeWarning)
 ORDER = list(VARIANTS)
 COLORS = dict(zip(ORDER, ["black", "tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]))
 # two-sided 95% Student t quantiles by degrees of freedom; a normal 1.96 beyond the table

@@ -459,7 +459,7 @@ def main(argv=None):
     minutes = 0.5 * len(split[0]) / 60000 * cfg.epochs * len(todo)
     tqdm.write(f"training {len(todo)} model(s) ({', '.join(f'{c.name}: l1={c.l1:g} l2={c.l2:g} norm={c.norm}' for c in cfgs)})"
                f" x {cfg.epochs} epochs on {cfg.device}{', packed' if cfg.packed else ''}, {len(split[0]):,} train images;"
-               f" expect ~{minutes:.0f} min on 2 CPU cores (about 0.5 min per model-epoch), far less on a GPU")
+               f" expect ~{minutes:.{0 if minutes >= 10 else 1}f} min on 2 CPU cores (about 0.5 min per model-epoch), far less on a GPU")
     for pack in packs:
         try:
             new = train_pack(pack, split, out, state_of(pack), resume)

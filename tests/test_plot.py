@@ -118,3 +118,19 @@ def test_empty_results_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         plot.main(["--results", str(tmp_path)])
     assert e.value.code == 2 and "make l1" in capsys.readouterr().err
+
+
+def test_diverged_run_is_shown_not_fatal(tmp_path, mnist):
+    """A variant whose seeds all diverged renders as "diverged" in the report instead of crashing plot.py."""
+    make_result(str(tmp_path), "none", {0: 99.40, 1: 99.30}, mnist)
+    r = make_result(str(tmp_path), "l2", {0: 99.0, 1: 99.0}, mnist, l2=1e30)
+    for run in r["runs"]:
+        run.update(status="diverged", diverged_epoch=2)
+        run["epochs"][1].update(train_loss=None, test_loss=None)
+        del run["epochs"][2]
+    r["summary"].update(final_test_acc_mean=None, final_test_acc_std=None, final_test_acc_min=None,
+                        final_test_acc_max=None, diverged=[0, 1])
+    json.dump(r, open(tmp_path / "l2.json", "w"))
+    plot.main(["--results", str(tmp_path), "--data", DATA])
+    row = next(line for line in (tmp_path / "REPORT.md").read_text().splitlines() if line.startswith("| l2 |"))
+    assert "diverged" in row
