@@ -303,8 +303,6 @@ def train_pack(members, split, out, state_path, resume):
                        first_epoch_at_99_4=next((h["epoch"] for h in histories[i] if h["test_acc"] >= 99.4), None),
                        misclassified=[{"index": j, "label": int(test_y[j]), "pred": int(preds[i][j])} for j in wrong],
                        checkpoint=os.path.relpath(os.path.abspath(ckpt), REPO))
-    if os.path.exists(state_path):  # a finished run needs no state
-        os.remove(state_path)
     return runs
 
 
@@ -465,6 +463,9 @@ def main(argv=None):
             new = train_pack(pack, split, out, state_of(pack), resume)
         except ValueError as e:
             parser.exit(2, f"{parser.prog}: error: {e}\n")
+        except KeyboardInterrupt:
+            parser.exit(130, f"\n{parser.prog}: interrupted; finished epochs are saved, continue with the same "
+                             f"command and --resume\n")
         for (c, _), run in zip(pack, new):
             runs[c.name].append(run)
         # rewritten after every pack, so a long multi-seed run leaves usable results when it is stopped
@@ -472,6 +473,8 @@ def main(argv=None):
             write_json(os.path.join(out, f"{c.name}.json"),
                        result_json(c, runs[c.name], env | {"wall_s": round(time.perf_counter() - t0, 1)}
                                    | ({"earlier": earlier[c.name]} if c.name in earlier else {})))
+        if os.path.exists(state_of(pack)):  # only now, with its results written, does the run need no state
+            os.remove(state_of(pack))
     failed = False
     for c in cfgs:
         s = summarize(runs[c.name])
@@ -485,4 +488,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # before training started: nothing to save
+        sys.exit(130)

@@ -205,3 +205,18 @@ def test_resume_adds_seeds_and_keeps_provenance(run_train, tmp_path):
     assert [r["seed"] for r in more["runs"]] == [0, 1]
     assert more["runs"][0] == first["runs"][0]
     assert more["env"]["earlier"]["started"] == first["env"]["started"]
+
+
+def test_ctrl_c_is_a_message_not_a_traceback(tmp_path):
+    """Ctrl-C (SIGINT) mid-run exits 130 with one line that says how to continue; the epoch state stays."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "--variant", "none", "--epochs", "5",
+                             "--train-limit", "1280", "--test-limit", "320", "--device", "cpu", "--data", DATA,
+                             "--out", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "state" / "none-seed0.pt"
+    deadline = time.time() + 120
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate()[1]
+    assert proc.returncode == 130 and "Traceback" not in err and "--resume" in err, err
+    assert state.exists()
