@@ -229,7 +229,7 @@ def report(results):
     for name, r in results.items():
         mean = r["summary"]["final_test_acc_mean"]
         target = ("diverged" if mean is None else f"reaches the 99.40% target at the final epoch (mean {mean:.2f})"
-                  if mean >= 99.4 else f"misses the 99.40% target at the final epoch by {99.4 - mean:.2f} points (mean {mean:.2f})")
+                  if mean >= 99.4 else f"misses the 99.40% target at the final epoch by {99.4 - mean:.3f} points (mean {mean:.3f})")
         line = f"- **{name}** {target}."
         if name != "none" and "none" in results:
             line += " " + compare(name, r, results["none"])
