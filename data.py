@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import os
 import pickle
-import shutil
 import socket
 import struct
 import subprocess

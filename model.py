@@ -6,7 +6,6 @@ from collections import OrderedDict
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 class GhostBatchNorm2d(nn.BatchNorm2d):

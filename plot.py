@@ -9,7 +9,6 @@ import glob
 import json
 import math
 import os
-import sys
 import warnings
 
 import matplotlib

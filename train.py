@@ -121,10 +121,13 @@ def prepare(x_uint8, cfg, gen=None):
     """uint8 (N, 28, 28) -> normalised float (N, 1, 28, 28); augmented when a generator is given (training)."""
     if gen is not None and cfg.rotate_deg:
         x = rotate(x_uint8.unsqueeze(1).to(DTYPES[cfg.dtype]).div_(255), cfg.rotate_deg, gen)
-        x = (x - cfg.normalize["mean"]) / cfg.normalize["std"]
-    else:
-        x = data.to_float(x_uint8, cfg.normalize, DTYPES[cfg.dtype])
-    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+        return (x - cfg.normalize["mean"]) / cfg.normalize["std"]
+    return data.to_float(x_uint8, cfg.normalize, DTYPES[cfg.dtype])
+
+
+def memory_format(cfg):
+    """The layout the net's input takes, set once per batch after the K models' images are stacked."""
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
 # -----------------------------------------------------------------------------
@@ -142,7 +145,7 @@ def train_one_epoch(net, opt, sched, pack, train_x, train_y, cfg, desc):
         idx = [o[start:start + cfg.batch_size] for o in orders]
         x = torch.cat([prepare(train_x[i], cfg, g) for i, g in zip(idx, pack["data_gens"])], 1)  # (B, K, 28, 28)
         y = torch.stack([train_y[i] for i in idx], 1).long()                                     # (B, K)
-        logits = net(x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x)  # (B, K, 10)
+        logits = net(x.contiguous(memory_format=memory_format(cfg)))                                 # (B, K, 10)
         # one cross-entropy per model, each exactly as a model trained alone computes it
         data_loss = torch.stack([F.cross_entropy(logits[:, i], y[:, i]) for i in range(k)])      # (K,)
         pen = penalty(params, pack["l1"], pack["l2"], k=k)
@@ -166,7 +169,7 @@ def evaluate(net, test_x, test_y, cfg):
     for start in range(0, len(test_x), cfg.batch_size):
         x = prepare(test_x[start:start + cfg.batch_size], cfg)                     # (B, 1, 28, 28)
         x = x.expand(-1, k, -1, -1)                                                 # every model sees the image
-        logits = net(x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x.contiguous())
+        logits = net(x.contiguous(memory_format=memory_format(cfg)))
         y = test_y[start:start + cfg.batch_size].long()
         loss_sum += torch.stack([F.cross_entropy(logits[:, i], y, reduction="sum") for i in range(k)])
         preds.append(logits.argmax(2))

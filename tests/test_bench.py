@@ -2,7 +2,6 @@
 full training step, one model at batch 32 and 20 packed models, on CPU and on CUDA when present; the classic
 torchvision + DataLoader pipeline as the baseline. The last test writes results/bench/summary.json.
 Timings are recorded, never asserted."""
-import json
 import math
 import os
 import tempfile
@@ -14,7 +13,6 @@ import torch.nn.functional as F
 
 import train
 from conftest import DATA, ROOT
-from model import PackedNet
 from regularizers import penalized, penalty
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

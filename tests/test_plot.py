@@ -1,7 +1,6 @@
 """plot.py: renders every figure and the report from JSON alone, with numbers equal to the JSON."""
 import json
 import os
-import re
 import subprocess
 import sys
 
