@@ -22,7 +22,7 @@ ifeq ($(filter $(DEVICE),auto cpu cuda),)
 $(error DEVICE=$(DEVICE) must be one of: auto cpu cuda)
 endif
 
-.PHONY: help all data test bench plots sweep clean $(VARIANTS)
+.PHONY: help all data test bench plots sweep numerics clean $(VARIANTS)
 
 ## help: list the targets
 help:
@@ -77,3 +77,12 @@ bench: | .venv/ok
 ## clean: remove the venv, caches and training state (keeps data/ and committed results)
 clean:
 	rm -rf .venv .pytest_cache .benchmarks __pycache__ tests/__pycache__ $(RESULTS)/state
+
+## numerics: the fast path's numbers against the original fp32 eager path, on the validation split, 3 seeds
+NUMERICS_SEEDS ?= 0,1,2
+NUMERICS_EPOCHS ?= 15
+numerics: | .venv/ok
+	$(PY) train.py --variant none --val --epochs $(NUMERICS_EPOCHS) --seeds $(NUMERICS_SEEDS) --device $(DEVICE) \
+	    --out $(RESULTS)/numerics --name fast
+	$(PY) train.py --variant none --val --epochs $(NUMERICS_EPOCHS) --seeds $(NUMERICS_SEEDS) --device $(DEVICE) \
+	    --out $(RESULTS)/numerics --name fp32-eager --no-compile --precision fp32 --dropout-masks bernoulli --eval-batch-size 32

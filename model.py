@@ -74,26 +74,41 @@ class Net(nn.Sequential):
 # -----------------------------------------------------------------------------
 # K independent Nets in one graph, for training several seeds / variants at once
 
+NOISE_LEVELS = 256  # "bytes" masks: one random byte per activation, so p is rounded to a multiple of 1/256
+
+
+def quantized_p(p):
+    """The drop probability that "bytes" masks really use: p rounded to the nearest multiple of 1/256."""
+    return round(p * NOISE_LEVELS) / NOISE_LEVELS
+
+
 class PackedDropout(nn.Module):
     """Dropout for K packed models, each drawing its masks from its own generator.
 
-    Each model's mask is drawn exactly as nn.Dropout draws it on CPU (empty_like(x).bernoulli_(1 - p) / (1 - p)),
-    from a generator that continues the model's own seed stream, so a packed model sees the masks it would see
-    trained alone. K draws per layer cost K small kernels; on a GPU that is the price of exact equality.
+    Two ways to draw a mask (train.Config.dropout_masks):
+    - "bytes" (fast): the caller hands in one uint8 tensor of random bytes per layer (PackedNet.draw_noise: one
+      bulk int64 draw per model and step, ~10x cheaper than bernoulli_); an activation is dropped when its byte
+      is < round(256 p), so p is quantised to 1/256 (0.05 -> 13/256 = 0.0508). The compare-and-scale is plain
+      tensor arithmetic, so torch.compile fuses it into the neighbouring kernels and any dtype works.
+    - "bernoulli" (the original): empty_like(x).bernoulli_(1 - p) / (1 - p), exactly as nn.Dropout draws on CPU.
+    Either way each model's masks come from its own generator, so a packed model sees the masks it sees alone.
     """
 
     def __init__(self, p, k):
         super().__init__()
         self.p, self.k, self.generators = p, k, None
 
-    def forward(self, x):  # x: (N, K*C, H, W)
+    def forward(self, x, noise=None):  # x: (N, K*C, H, W); noise: (N, K*C, H, W) uint8 or None
         if not self.training or self.p == 0:
             return x
+        if noise is not None:
+            threshold = round(self.p * NOISE_LEVELS)
+            return x * (noise >= threshold).to(x.dtype) * (NOISE_LEVELS / (NOISE_LEVELS - threshold))
         n, kc, h, w = x.shape
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and kc > 1 else torch.contiguous_format
-        noise = [torch.empty((n, kc // self.k, h, w), device=x.device, memory_format=fmt)
-                 .bernoulli_(1 - self.p, generator=g).div_(1 - self.p) for g in self.generators]
-        return x * torch.cat(noise, 1)
+        mask = [torch.empty((n, kc // self.k, h, w), device=x.device, dtype=x.dtype, memory_format=fmt)
+                .bernoulli_(1 - self.p, generator=g).div_(1 - self.p) for g in self.generators]
+        return x * torch.cat(mask, 1)
 
 
 class PackedNet(nn.Sequential):
@@ -120,12 +135,45 @@ class PackedNet(nn.Sequential):
                 layer = nn.Sequential(nn.Flatten(), nn.Unflatten(1, (k, 10)))  # (N, K*10, 1, 1) -> (N, K, 10)
             layers[name] = layer
         super().__init__(layers)
-        self.k = k
+        self.k, self.generators = k, None
+        self.drop_shapes = dropout_shapes(Net(dropout, norm, virtual_batch))  # [(C, H, W)] of one model
+
+    def forward(self, x, noise=None):
+        """x: (N, K, 28, 28) -> (N, K, 10); noise: PackedNet.draw_noise's list, one tensor per dropout layer."""
+        noise = iter(noise or ())
+        for layer in self:
+            x = layer(x, next(noise, None)) if isinstance(layer, PackedDropout) else layer(x)
+        return x
 
     def set_dropout_generators(self, generators):
+        self.generators = generators
         for m in self.modules():
             if isinstance(m, PackedDropout):
                 m.generators = generators
+
+    def draw_noise(self, n):
+        """Random bytes for every dropout layer of one step: per model one bulk draw from its own generator,
+        split into its layers' (N, C, H, W), then the K models side by side along channels."""
+        per_model = []
+        for g in self.generators:
+            sizes = [n * c * h * w for c, h, w in self.drop_shapes]
+            raw = torch.empty(-(-sum(sizes) // 7), dtype=torch.int64, device=g.device).random_(generator=g)
+            # random_() draws int64 in [0, 2^63): its top byte (the 8th, little-endian) has 7 random bits, skip it
+            raw = raw.view(torch.uint8).view(-1, 8)[:, :7].reshape(-1)[:sum(sizes)]
+            per_model.append([t.view(n, *shape) for t, shape in zip(raw.split(sizes), self.drop_shapes)])
+        return [torch.cat(layer, 1) if len(layer) > 1 else layer[0] for layer in zip(*per_model)]
+
+
+def dropout_shapes(net):
+    """(C, H, W) of the activations each Dropout of a Net sees, in forward order."""
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
+             for m in net.modules() if isinstance(m, nn.Dropout)]
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, 1, 28, 28))
+    for h in hooks:
+        h.remove()
+    return shapes
 
 
 def pack(state_dicts):

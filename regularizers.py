@@ -46,11 +46,18 @@ def penalty(params, l1=0.0, l2=0.0, k=None):
 
     With k, the params hold k packed models stacked along their first dimension and l1, l2 may be (k,)
     tensors, one lambda per model: the result is then a (k,) tensor, model i's penalty at position i.
+    A lambda of None or 0 adds nothing (not even a zero term).
     """
     rows = (k or 1, -1)
     total = params[0].new_zeros(rows[0])
-    if torch.as_tensor(l1).any():
+    if active(l1):
         total = total + l1 * sum(p.reshape(rows).abs().sum(1) for p in params)
-    if torch.as_tensor(l2).any():
+    if active(l2):
         total = total + l2 * sum(p.reshape(rows).pow(2).sum(1) for p in params)
     return total if k else total[0]
+
+
+def active(lam):
+    """Whether a lambda adds a term: None and 0 do not; a tensor does (decided without reading its values, which
+    would force a device sync and break a compiled graph: train.py passes None when every lambda is 0)."""
+    return torch.is_tensor(lam) or (lam is not None and lam != 0)
