@@ -22,7 +22,7 @@ ifeq ($(filter $(DEVICE),auto cpu cuda),)
 $(error DEVICE=$(DEVICE) must be one of: auto cpu cuda)
 endif
 
-.PHONY: help all data test bench plots sweep numerics clean $(VARIANTS)
+.PHONY: help all data test bench plots sweep recipe numerics clean $(VARIANTS)
 
 ## help: list the targets
 help:
@@ -77,6 +77,20 @@ bench: | .venv/ok
 ## clean: remove the venv, caches and training state (keeps data/ and committed results)
 clean:
 	rm -rf .venv .pytest_cache .benchmarks __pycache__ tests/__pycache__ $(RESULTS)/state
+
+## recipe: choose the training recipe on the validation split (candidates x RECIPE_SEEDS), then lambda; -> results/recipe.json
+# candidates from the fewest changes to the most: the rule in results.py breaks ties (within 0.05 points) by this order
+RECIPE_CANDIDATES := base nodrop rot10 constmom
+RECIPE_ARGS_base     :=
+RECIPE_ARGS_nodrop   := --dropout 0
+RECIPE_ARGS_rot10    := --rotate-deg 10
+RECIPE_ARGS_constmom := --no-cycle-momentum --momentum 0.9
+RECIPE_SEEDS  ?= 0,1,2
+RECIPE_EPOCHS ?= 15
+recipe: | .venv/ok
+	$(foreach c,$(RECIPE_CANDIDATES),$(PY) train.py --variant none --val --epochs $(RECIPE_EPOCHS) \
+	    --seeds $(RECIPE_SEEDS) --device $(DEVICE) --out $(RESULTS)/recipe --name $(c) $(RECIPE_ARGS_$(c)) &&) true
+	$(PY) results.py recipe $(RESULTS)/recipe $(RECIPE_CANDIDATES)
 
 ## numerics: the fast path's numbers against the original fp32 eager path, on the validation split, 3 seeds
 NUMERICS_SEEDS ?= 0,1,2

@@ -24,6 +24,8 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x):  # x: (N, C, H, W)
         if not self.training or x.shape[0] <= self.virtual_batch:
             return super().forward(x)
+        # under bf16 autocast x arrives in bf16: statistics in the buffers' dtype, as BatchNorm2d computes its own
+        x = x.to(self.running_mean.dtype)
         chunks = x.split(self.virtual_batch)
         means = torch.stack([c.mean(dim=(0, 2, 3)) for c in chunks])                 # (G, C)
         vars_ = torch.stack([c.var(dim=(0, 2, 3), unbiased=False) for c in chunks])  # (G, C)
@@ -189,6 +191,20 @@ def unpack(state_dict, k):
         for i, part in enumerate(t.chunk(k) if t.dim() else [t] * k):
             out[i][key] = part.contiguous().clone()
     return out
+
+
+def weight_norms(net):
+    """Per model, {conv1: ||w||_2, ..., conv9: ...} of the convolution weights (float64, on the CPU)."""
+    per_layer = {name.split(".")[0]: p.detach().double().reshape(net.k, -1).norm(dim=1).tolist()
+                 for name, p in net.named_parameters() if p.dim() == 4}
+    return [{name: norms[i] for name, norms in per_layer.items()} for i in range(net.k)]
+
+
+def near_zero_fraction(state_dict, rel=0.01):
+    """Fraction of all convolution weights with |w| < rel x the largest |w| of their own layer."""
+    convs = [w for w in state_dict.values() if w.dim() == 4]
+    small = sum((w.abs() < rel * w.abs().max()).sum().item() for w in convs)
+    return small / sum(w.numel() for w in convs)
 
 
 def count_params(model):

@@ -9,6 +9,7 @@ train.py writes through save(); plot.py reads through load_folder(). Nobody else
 import fcntl
 import glob
 import hashlib
+import io
 import json
 import math
 import os
@@ -41,6 +42,9 @@ def atomic_write(path, write):
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:  # a full disk reports no file name: name the one being written
+        e.filename = e.filename or path
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -55,7 +59,15 @@ def write_json(path, obj):
 
 
 def save_torch(path, obj):
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save into memory, then a plain file write: on a full disk torch.save's own writer raises a
+    RuntimeError about stream positions, a plain write raises OSError(ENOSPC), which train.py explains."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(buf.getvalue())
+    atomic_write(path, write)
 
 
 def checkpoint_name(name, seed, state_dict):

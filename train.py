@@ -9,11 +9,13 @@ import signal
 import sys
 
 if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-    # Ctrl-C while torch is still importing: one line, not a traceback (main() installs the normal handler)
+    # Ctrl-C while starting (torch importing, data loading): one line, not a traceback; main() installs the
+    # normal handler just before training, where a KeyboardInterrupt is caught and the saved epochs are named
     signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("\ntrain.py: interrupted while starting; nothing "
                                                               "was written\n"), os._exit(130)))
 
 import argparse  # noqa: E402
+import errno  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
@@ -21,15 +23,12 @@ import time  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import data  # noqa: E402
-import model as model_lib  # noqa: E402
 import results  # noqa: E402
-from regularizers import VARIANTS, penalized, penalty  # noqa: E402
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from loop import DTYPES, compile_problem, seed_everything, train_pack  # noqa: E402
+from regularizers import VARIANTS  # noqa: E402
 
 
 # -----------------------------------------------------------------------------
@@ -69,19 +68,6 @@ class Config:
     device: str = "auto"
 
 
-def seed_everything(seed):
-    """Seed every RNG and turn on the deterministic algorithms: same command, same numbers."""
-    import random
-    import numpy as np
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True)
-
-
 def in_repo(path, default):
     """The default folders are the repository's, wherever train.py is run from; other paths are as given."""
     return os.path.join(results.REPO, path) if path == default else path
@@ -102,192 +88,6 @@ def load_split(cfg, digests):
     train_x, train_y = train_x[:cfg.train_limit or None], train_y[:cfg.train_limit or None]
     test_x, test_y = test_x[:cfg.test_limit or None], test_y[:cfg.test_limit or None]
     return [t.to(cfg.device) for t in (train_x, train_y, test_x, test_y)]
-
-
-# -----------------------------------------------------------------------------
-# one training step, one epoch and one evaluation, for a pack of K models (K = 1 when training one at a time)
-
-def step_loss(net, x, y, noise, l1, l2, bf16):
-    """Forward and loss of K models: per-model cross-entropy (K,) and penalty (K,), summed for backward."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = net(x, noise)                                                                  # (B, K, 10)
-    logits = logits.float() if bf16 else logits
-    # one cross-entropy per model, each exactly as a model trained alone computes it
-    data_loss = torch.stack([F.cross_entropy(logits[:, i], y[:, i]) for i in range(net.k)])    # (K,)
-    pen = penalty(penalized(net), l1, l2, k=net.k)
-    return (data_loss + pen).sum(), data_loss.detach(), pen.detach(), logits.detach()
-
-
-def compiled_or_eager(fn, cfg, env):
-    """torch.compile(fn) where it works: a tiny probe first, so a machine without a C++ compiler trains eagerly,
-    says so in one line and records it (cfg.compile = False, env.compile_fallback = the reason)."""
-    if not cfg.compile:
-        return fn
-    if cfg.dropout_masks == "bernoulli" and cfg.dropout:  # bernoulli_ on a torch.Generator breaks the graph
-        tqdm.write("--dropout-masks bernoulli draws inside the step, which torch.compile cannot trace; training eagerly")
-        cfg.compile, env["compile_fallback"] = False, "bernoulli dropout masks"
-        return fn
-    try:
-        torch.compile(lambda t: t * 2 + 1)(torch.ones(3, device=cfg.device))
-    except Exception as e:  # InductorError, CppCompileError, ...: whatever the reason, eager still works
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        tqdm.write(f"torch.compile does not work here ({reason}); training eagerly (--no-compile to skip this probe)")
-        cfg.compile, env["compile_fallback"] = False, reason
-        return fn
-    return torch.compile(fn, dynamic=False)
-
-
-def train_one_epoch(net, opt, sched, pack, train_x, train_y, cfg, desc):
-    """One epoch of K packed models, each on its own data order and augmentation; returns (K,) metrics."""
-    net.train()
-    n, k, dev = len(train_x), net.k, train_x.device
-    orders = [torch.randperm(n, generator=g, device=dev) for g in pack["data_gens"]]
-    # sums stay on the device; .item() forces a sync, so it is called once per epoch, not per step
-    loss_sum, pen_sum, correct = [torch.zeros(k, device=dev, dtype=torch.float64) for _ in range(3)]
-    for start in tqdm(range(0, n, cfg.batch_size), desc=desc, leave=False, disable=None):
-        idx = [o[start:start + cfg.batch_size] for o in orders]
-        x = torch.cat([data.augment(train_x[i], cfg.normalize, cfg.rotate_deg, g, DTYPES[cfg.dtype])
-                       for i, g in zip(idx, pack["data_gens"])], 1)                             # (B, K, 28, 28)
-        y = torch.stack([train_y[i] for i in idx], 1).long()                                    # (B, K)
-        noise = net.draw_noise(len(x)) if cfg.dropout_masks == "bytes" and cfg.dropout else None
-        total, data_loss, pen, logits = pack["step"](net, x.contiguous(memory_format=memory_format(cfg)), y, noise,
-                                                     pack["l1"], pack["l2"], cfg.precision == "bf16")
-        opt.zero_grad(set_to_none=True)
-        total.backward()  # the models share no parameter: model k's gradient is its own loss's
-        opt.step()
-        sched.step()
-        # sum the losses weighted by batch size, then divide by N: the last batch may be short
-        loss_sum += data_loss * len(x)
-        pen_sum += pen * len(x)
-        correct += (logits.argmax(2) == y).sum(0)
-    return (loss_sum / n).tolist(), (pen_sum / n).tolist(), (100.0 * correct / n).tolist()
-
-
-@torch.no_grad()
-def evaluate(net, test_x, test_y, cfg):
-    """Per model: mean loss, accuracy in percent, correct count; and predictions (K, N). Always fp32 eager."""
-    net.eval()
-    k = net.k
-    loss_sum, preds = torch.zeros(k, device=test_x.device, dtype=torch.float64), []
-    for start in range(0, len(test_x), cfg.eval_batch_size):
-        x = data.to_float(test_x[start:start + cfg.eval_batch_size], cfg.normalize, DTYPES[cfg.dtype])
-        logits = net(x.expand(-1, k, -1, -1).contiguous(memory_format=memory_format(cfg)))  # every model sees it
-        y = test_y[start:start + cfg.eval_batch_size].long()
-        loss_sum += torch.stack([F.cross_entropy(logits[:, i], y, reduction="sum") for i in range(k)])
-        preds.append(logits.argmax(2))
-    preds = torch.cat(preds).T                                                      # (K, N)
-    correct = (preds == test_y.long()).sum(1).tolist()
-    return (loss_sum / len(test_x)).tolist(), [100.0 * c / len(test_x) for c in correct], correct, preds
-
-
-def memory_format(cfg):
-    return torch.channels_last if cfg.channels_last else torch.contiguous_format
-
-
-# -----------------------------------------------------------------------------
-# one pack: K (config, seed) members trained together; each keeps its own weights and random streams
-
-def build_pack(members, device, env=None):
-    """Initial weights, data generator and dropout generator of each member come from its seed alone."""
-    cfg = members[0][0]
-    state_dicts, data_gens, drop_gens = [], [], []
-    for _, seed in members:
-        seed_everything(seed)
-        state_dicts.append(model_lib.Net(cfg.dropout, cfg.norm, cfg.virtual_batch).state_dict())  # init on CPU
-        drop = torch.Generator(device=device)
-        # dropout continues the seed's stream after the initialisation, exactly as nn.Dropout would on CPU
-        drop.set_state(torch.get_rng_state() if device == "cpu" else torch.cuda.get_rng_state())
-        drop_gens.append(drop)
-        data_gens.append(torch.Generator(device=device).manual_seed(seed + 1_000_003))  # order + augmentation
-    net = model_lib.PackedNet(len(members), cfg.dropout, cfg.norm, cfg.virtual_batch)
-    net.load_state_dict(model_lib.pack(state_dicts))
-    net = net.to(device, DTYPES[cfg.dtype], memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
-    net.set_dropout_generators(drop_gens)
-    # a lambda tensor only where some member has that penalty: a zero one would still add its (zero) terms
-    lam = lambda key: (torch.tensor([getattr(m, key) for m, _ in members], device=device, dtype=DTYPES[cfg.dtype])
-                       if any(getattr(m, key) for m, _ in members) else None)
-    return net, {"data_gens": data_gens, "drop_gens": drop_gens, "l1": lam("l1"), "l2": lam("l2"),
-                 "step": compiled_or_eager(step_loss, cfg, env if env is not None else {})}
-
-
-def weight_norms(net):
-    """Per model, {conv1: ||w||_2, ..., conv9: ...} of the convolution weights (float64, on the CPU)."""
-    per_layer = {name.split(".")[0]: p.detach().double().reshape(net.k, -1).norm(dim=1).tolist()
-                 for name, p in net.named_parameters() if p.dim() == 4}
-    return [{name: norms[i] for name, norms in per_layer.items()} for i in range(net.k)]
-
-
-def near_zero_fraction(state_dict, rel=0.01):
-    """Fraction of all convolution weights with |w| < rel x the largest |w| of their own layer."""
-    convs = [w for w in state_dict.values() if w.dim() == 4]
-    small = sum((w.abs() < rel * w.abs().max()).sum().item() for w in convs)
-    return small / sum(w.numel() for w in convs)
-
-
-def train_pack(members, split, state_path, resume, env):
-    """Train K members for cfg.epochs; save state after every epoch; return (run entries, weights per member)."""
-    cfg = members[0][0]
-    train_x, train_y, test_x, test_y = split
-    net, pack = build_pack(members, cfg.device, env)
-    lo, hi = cfg.momentum_range
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=hi if cfg.cycle_momentum else cfg.momentum, nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, epochs=cfg.epochs, pct_start=cfg.warmup,
-                                                steps_per_epoch=math.ceil(len(train_x) / cfg.batch_size),
-                                                cycle_momentum=cfg.cycle_momentum, base_momentum=lo, max_momentum=hi)
-    k = len(members)
-    label = ", ".join(f"{m.name} seed {s}" for m, s in members)
-    histories, runs = [[] for _ in members], [{"seed": s, "status": "ok", "pack_size": k} for _, s in members]
-    signature = [results.comparable(asdict(m)) | {"seed": s, "device": cfg.device} for m, s in members]
-    if resume and os.path.exists(state_path):
-        try:  # RNG states must stay CPU byte tensors: load everything to the CPU, load_state_dict moves the rest
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated, or not a state file at all
-            raise ValueError(f"{state_path} is damaged ({type(e).__name__}); delete it to train that seed from the start")
-        if state.get("members") != signature:
-            raise ValueError(f"{state_path} was saved by a different config or device; delete it or drop --resume")
-        net.load_state_dict(state["model"]); opt.load_state_dict(state["opt"]); sched.load_state_dict(state["sched"])
-        for g, st in zip(pack["data_gens"] + pack["drop_gens"], state["rng"]):
-            g.set_state(st)
-        histories, runs = state["histories"], state["runs"]
-        tqdm.write(f"{label}: resumed after epoch {len(histories[0])}")
-    for epoch in range(len(histories[0]) + 1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        momentum = opt.param_groups[0]["momentum"]
-        train_loss, pen, train_acc = train_one_epoch(net, opt, sched, pack, train_x, train_y, cfg,
-                                                     f"{label} e{epoch}" if k == 1 else f"{k} models e{epoch}")
-        test_loss, test_acc, _, _ = evaluate(net, test_x, test_y, cfg)
-        seconds = round((time.perf_counter() - t0) / k, 3)  # a pack's wall time, shared by its K models
-        for i, ((m, seed), norms) in enumerate(zip(members, weight_norms(net))):
-            if runs[i]["status"] != "ok":
-                continue
-            finite = lambda v: v if math.isfinite(v) else None  # JSON has no NaN: a diverged loss is null
-            histories[i].append({"epoch": epoch, "train_loss": finite(train_loss[i]), "penalty": finite(pen[i]),
-                                 "train_acc": train_acc[i], "test_loss": finite(test_loss[i]), "test_acc": test_acc[i],
-                                 "lr": sched.get_last_lr()[0], "momentum": momentum, "seconds": seconds,
-                                 "weight_norm": {n: finite(v) for n, v in norms.items()}})
-            tqdm.write(f"{m.name} seed {seed} epoch {epoch:2d}/{cfg.epochs}: train loss {train_loss[i]:.4f} "
-                       f"(+penalty {pen[i]:.4f}) acc {train_acc[i]:.2f} | {'val' if cfg.val else 'test'} loss "
-                       f"{test_loss[i]:.4f} acc {test_acc[i]:.2f} | {seconds:.1f}s{' per model' if k > 1 else ''}")
-            if not math.isfinite(train_loss[i] + pen[i]):
-                runs[i].update(status="diverged", diverged_epoch=epoch)
-                tqdm.write(f"{m.name} seed {seed}: loss is not finite at epoch {epoch}: diverged")
-        if all(r["status"] != "ok" for r in runs):
-            break
-        results.save_torch(state_path, {"members": signature, "model": net.state_dict(), "opt": opt.state_dict(),
-                                        "sched": sched.state_dict(), "histories": histories, "runs": runs,
-                                        "rng": [g.get_state() for g in pack["data_gens"] + pack["drop_gens"]]})
-    _, final_acc, correct, preds = evaluate(net, test_x, test_y, cfg)
-    weights = model_lib.unpack({key: v.cpu() for key, v in net.state_dict().items()}, k)  # plain Net state_dicts
-    for i, (m, seed) in enumerate(members):
-        accs = [h["test_acc"] for h in histories[i]]
-        best = max(range(len(accs)), key=lambda j: accs[j])
-        wrong = (preds[i] != test_y.long()).nonzero().flatten().tolist()
-        runs[i].update(epochs=histories[i], final_test_acc=final_acc[i], test_correct=correct[i],
-                       best_test_acc=accs[best], best_epoch=best + 1, near_zero_fraction=near_zero_fraction(weights[i]),
-                       first_epoch_at_99_4=next((h["epoch"] for h in histories[i] if h["test_acc"] >= 99.4), None),
-                       misclassified=[{"index": j, "label": int(test_y[j]), "pred": int(preds[i][j])} for j in wrong],
-                       env=env | {"wall_s": round(sum(h["seconds"] for h in histories[i]), 1)})
-    return runs, weights
 
 
 # -----------------------------------------------------------------------------
@@ -365,6 +165,8 @@ def parse_args(argv=None):
         p.error("argument --device: cuda was asked for but torch sees no CUDA device")
     if args.name and (os.sep in args.name or args.name.startswith(".") or len(args.name) > 100 or len(args.variant) > 1):
         p.error(f"argument --name: {args.name[:40]!r} must be a plain file name of at most 100 characters, for one variant")
+    if args.dtype == "float64" and args.precision != "fp32":  # bf16 autocast leaves float64 alone: say what runs
+        p.error("argument --dtype: float64 is for exactness checks and needs --precision fp32")
     if args.packed and len({VARIANTS[v].norm for v in args.variant}) > 1:
         p.error("argument --packed: a pack needs one kind of norm; train bn and gbn variants in separate packs")
     for key in ("l1", "l2"):  # an override sets the lambda of the variants that have that penalty, never adds one
@@ -386,8 +188,11 @@ def parse_args(argv=None):
 # main: check everything that can fail before training, then train pack by pack, saving after each
 
 def git_info():
-    def git(*args):
-        r = subprocess.run(["git", *args], cwd=results.REPO, capture_output=True, text=True)
+    def git(*args):  # None, recorded as unknown, where there is no git or no repository (a copied tree)
+        try:
+            r = subprocess.run(["git", *args], cwd=results.REPO, capture_output=True, text=True)
+        except OSError:
+            return None
         return r.stdout.strip() if r.returncode == 0 else None
     dirty = git("status", "--porcelain", "--", ".", ":!results", ":!data")  # results/ and data/ change in a study
     return git("rev-parse", "HEAD"), (bool(dirty) if dirty is not None else None)
@@ -395,18 +200,29 @@ def git_info():
 
 def main(argv=None):
     cfgs, args, parser = parse_args(argv)
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt
     cfg = cfgs[0]  # what all members share: everything but variant, lambdas and name
     out = in_repo(cfg.out, Config.out)
-    fail = lambda code, msg: parser.exit(code, f"{parser.prog}: error: {msg}\n")
+    locks = []
+
+    def fail(code, msg):  # one line and an exit code; the locks go first, so an in-process caller may retry
+        for lock in locks:
+            lock.__exit__()
+        parser.exit(code, f"{parser.prog}: error: {msg}\n")
+
     seed_everything(0)  # the deterministic flags hold from here on, so env records them truly
     t0, digests = time.perf_counter(), {}
     try:
         os.makedirs(os.path.join(out, "state"), exist_ok=True)
-        locks = [results.Lock(out, c.name).__enter__() for c in cfgs]  # released when the process exits
+        for c in cfgs:
+            locks.append(results.Lock(out, c.name).__enter__())
         old = {c.name: results.load(os.path.join(out, f"{c.name}.json"))
                for c in cfgs if os.path.exists(os.path.join(out, f"{c.name}.json")) and not args.overwrite}
+        # decided before the merge check: a run that fell back to eager must compare as eager
+        fallback = compile_problem(cfg)
+        if fallback:
+            tqdm.write(f"torch.compile does not work here ({fallback}); training eagerly (--no-compile to skip this)")
+            for c in cfgs:
+                c.compile = False
         for c in cfgs:
             if c.name in old:
                 results.check_merge(os.path.join(out, f"{c.name}.json"), old[c.name], asdict(c))
@@ -423,7 +239,7 @@ def main(argv=None):
            "device": cfg.device, "device_name": torch.cuda.get_device_name() if cfg.device == "cuda"
            else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "deterministic": torch.are_deterministic_algorithms_enabled(), "data_sha256": data.data_sha256(digests),
-           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"compile_fallback": fallback} if fallback else {})}
     runs = {c.name: list(old[c.name]["runs"]) if c.name in old else [] for c in cfgs}
     done = {c.name: {r["seed"] for r in runs[c.name]} for c in cfgs}
     for c in cfgs:
@@ -440,22 +256,28 @@ def main(argv=None):
     tqdm.write(f"training {len(todo)} model(s) ({', '.join(f'{c.name}: l1={c.l1:g} l2={c.l2:g} norm={c.norm}' for c in cfgs)})"
                f" x {cfg.epochs} epochs on {cfg.device}{', packed' if cfg.packed else ''}, {len(split[0]):,} train images;"
                f" expect ~{minutes:.{0 if minutes >= 10 else 1}f} min on 2 CPU cores (~15 s per model-epoch), far less on a GPU")
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt
     for pack in packs:
         try:
             new, weights = train_pack(pack, split, state_of(pack), args.resume, env)
-            for (c, seed), run, w in zip(pack, new, weights):
+            for (c, seed), run in zip(pack, new):
                 runs[c.name] = [r for r in runs[c.name] if r["seed"] != seed] + [run]
+            newest = {c.name: (c, run) for (c, _), run in zip(pack, new)}
+            for name, (c, run) in newest.items():  # one save per results file, all its new seeds in it
                 order = {s: i for i, s in enumerate(c.seeds)}
-                runs[c.name].sort(key=lambda r: (order.get(r["seed"], -1), r["seed"]))  # kept seeds first
-                result = {"schema": results.SCHEMA, "variant": c.variant, "config": asdict(c) | {"seeds": [r["seed"] for r in runs[c.name]]},
-                          "env": run["env"], "runs": runs[c.name], "summary": results.summarize(runs[c.name])}
-                results.save(out, c.name, result, {seed: w})
+                runs[name].sort(key=lambda r: (order.get(r["seed"], -1), r["seed"]))  # kept seeds first
+                result = {"schema": results.SCHEMA, "variant": c.variant,
+                          "config": asdict(c) | {"seeds": [r["seed"] for r in runs[name]]},
+                          "env": run["env"], "runs": runs[name], "summary": results.summarize(runs[name])}
+                results.save(out, name, result, {s: w for (m, s), w in zip(pack, weights) if m.name == name})
             if os.path.exists(state_of(pack)):  # only now, with its results written, does the run need no state
                 os.remove(state_of(pack))
         except ValueError as e:
             fail(2, e)
         except OSError as e:  # a full disk, a folder removed under us: finished epochs stay in state/
-            fail(1, f"cannot write {e.filename or out}: {e.strerror}; free the space, then the same command with --resume")
+            fix = "free some space" if e.errno == errno.ENOSPC else "fix that"
+            fail(1, f"cannot write {e.filename or out}: {e.strerror}; {fix}, then run the same command with --resume")
         except KeyboardInterrupt:
             fail(130, "interrupted; finished epochs are saved, continue with the same command and --resume")
     failed = False

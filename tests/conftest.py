@@ -22,11 +22,20 @@ def mnist():
 
 @pytest.fixture
 def run_train(tmp_path):
-    """Run `train.py ARGS` in-process on a small real slice; returns (exit code, parsed JSON or None)."""
-    def run(*args, out=None, name="none"):
+    """Run `train.py ARGS` in-process on a small real slice; returns (exit code, parsed JSON or None).
+
+    Eager by default: torch.compile costs 10-30 s per process the first time, and what a test checks (the
+    loop, the files, the refusals) is the same either way; compiled=True takes the default compiled path."""
+    def run(*args, out=None, name="none", compiled=False):
         out = str(out or tmp_path)
-        argv = ["--data", DATA, "--out", out, "--train-limit", "640", "--test-limit", "320", "--device", "cpu", *args]
+        argv = ["--data", DATA, "--out", out, "--train-limit", "640", "--test-limit", "320", "--device", "cpu",
+                *([] if compiled else ["--no-compile"]), *args]
         code = train.main(argv)
         path = os.path.join(out, f"{name}.json")
         return code, (json.load(open(path)) if os.path.exists(path) else None)
     return run
+
+
+def checkpoint(run):
+    """The path of a run's checkpoint: the JSON names it relative to the repository root."""
+    return os.path.join(ROOT, run["checkpoint"])

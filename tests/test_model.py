@@ -95,3 +95,35 @@ def test_ghost_bn_statistics_on_a_hand_made_batch():
     # running mean = mean of (3, 10); running var = mean of the unbiased variances (5 * 4/3, 0)
     torch.testing.assert_close(gbn2.running_mean, torch.tensor([6.5]))
     torch.testing.assert_close(gbn2.running_var, torch.tensor([10.0 / 3]))
+
+
+def test_ghost_bn_normalises_each_virtual_batch_on_its_own():
+    """N = 32 with virtual batch 8: each chunk of 8 is normalised by its own mean and biased variance, then scaled
+    and shifted; the running statistics move by `momentum` towards the chunks' mean mean and mean unbiased variance."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 4, 4, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.5]).view(1, 3, 1, 1) + 2
+    x[8:16] += 5  # chunks with different statistics, so one whole-batch BN cannot pass
+    gbn = GhostBatchNorm2d(3, virtual_batch=8).double()
+    with torch.no_grad():
+        gbn.weight.copy_(torch.tensor([0.5, 2.0, -1.0]))
+        gbn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    out = gbn(x)
+    # by hand: per chunk and channel, over the 8 x 4 x 4 = 128 values
+    w, b, n = gbn.weight.detach().view(1, 3, 1, 1), gbn.bias.detach().view(1, 3, 1, 1), 8 * 4 * 4
+    expected, means, unbiased = [], [], []
+    for c in x.split(8):
+        mean = c.sum(dim=(0, 2, 3), keepdim=True) / n
+        sq = ((c - mean) ** 2).sum(dim=(0, 2, 3), keepdim=True)
+        expected.append((c - mean) / torch.sqrt(sq / n + gbn.eps) * w + b)
+        means.append(mean.flatten())
+        unbiased.append(sq.flatten() / (n - 1))
+    torch.testing.assert_close(out, torch.cat(expected), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(out, torch.nn.BatchNorm2d(3).double()(x) * w + b, atol=1e-3)
+    m = gbn.momentum
+    torch.testing.assert_close(gbn.running_mean, (1 - m) * 0 + m * sum(means) / 4, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gbn.running_var, (1 - m) * 1 + m * sum(unbiased) / 4, rtol=1e-12, atol=1e-12)
+    assert gbn.num_batches_tracked.item() == 1
+    # evaluation uses the running statistics, as BN does
+    rm, rv = gbn.running_mean.view(1, 3, 1, 1), gbn.running_var.view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(gbn.eval()(x), (x - rm) / torch.sqrt(rv + gbn.eps) * w + b, rtol=1e-12, atol=1e-12)

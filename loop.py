@@ -1,0 +1,199 @@
+"""The training engine: K models trained as one pack (K = 1 when training one at a time), each with its own
+weights, data order, augmentation and dropout stream; the compiled step, an epoch, the evaluation, and per-epoch
+state for --resume. train.py decides what to train and where it goes; this module trains it.
+"""
+import math
+import os
+import time
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+import model as model_lib
+import results
+from regularizers import penalized, penalty
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def seed_everything(seed):
+    """Seed every RNG and turn on the deterministic algorithms: same command, same numbers."""
+    import random
+    import numpy as np
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+
+
+# -----------------------------------------------------------------------------
+# one training step, one epoch and one evaluation, for a pack of K models (K = 1 when training one at a time)
+
+def step_loss(net, x, y, noise, l1, l2, bf16):
+    """Forward and loss of K models: per-model cross-entropy (K,) and penalty (K,), summed for backward."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = net(x, noise)                                                                  # (B, K, 10)
+    logits = logits.float() if bf16 else logits
+    # one cross-entropy per model, each exactly as a model trained alone computes it
+    data_loss = torch.stack([F.cross_entropy(logits[:, i], y[:, i]) for i in range(net.k)])    # (K,)
+    pen = penalty(penalized(net), l1, l2, k=net.k)
+    return (data_loss + pen).sum(), data_loss.detach(), pen.detach(), logits.detach()
+
+
+def compile_problem(cfg):
+    """Why torch.compile cannot be used for this run, or None. A tiny probe first, so a machine without a C++
+    compiler trains eagerly; main() decides this once, before a results file is checked or written."""
+    if not cfg.compile:
+        return None
+    if cfg.dropout_masks == "bernoulli" and cfg.dropout:  # bernoulli_ on a torch.Generator breaks the graph
+        return "--dropout-masks bernoulli draws inside the step, which torch.compile cannot trace"
+    try:
+        torch.compile(lambda t: t * 2 + 1)(torch.ones(3, device=cfg.device))
+    except Exception as e:  # InductorError, CppCompileError, ...: whatever the reason, eager still works
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return None
+
+
+def train_one_epoch(net, opt, sched, pack, train_x, train_y, cfg, desc):
+    """One epoch of K packed models, each on its own data order and augmentation; returns (K,) metrics."""
+    net.train()
+    n, k, dev = len(train_x), net.k, train_x.device
+    orders = [torch.randperm(n, generator=g, device=dev) for g in pack["data_gens"]]
+    # sums stay on the device; .item() forces a sync, so it is called once per epoch, not per step
+    loss_sum, pen_sum, correct = [torch.zeros(k, device=dev, dtype=torch.float64) for _ in range(3)]
+    for start in tqdm(range(0, n, cfg.batch_size), desc=desc, leave=False, disable=None):
+        idx = [o[start:start + cfg.batch_size] for o in orders]
+        x = torch.cat([data.augment(train_x[i], cfg.normalize, cfg.rotate_deg, g, DTYPES[cfg.dtype])
+                       for i, g in zip(idx, pack["data_gens"])], 1)                             # (B, K, 28, 28)
+        y = torch.stack([train_y[i] for i in idx], 1).long()                                    # (B, K)
+        noise = net.draw_noise(len(x)) if cfg.dropout_masks == "bytes" and cfg.dropout else None
+        total, data_loss, pen, logits = pack["step"](net, x.contiguous(memory_format=memory_format(cfg)), y, noise,
+                                                     pack["l1"], pack["l2"], cfg.precision == "bf16")
+        opt.zero_grad(set_to_none=True)
+        total.backward()  # the models share no parameter: model k's gradient is its own loss's
+        opt.step()
+        sched.step()
+        # sum the losses weighted by batch size, then divide by N: the last batch may be short
+        loss_sum += data_loss * len(x)
+        pen_sum += pen * len(x)
+        correct += (logits.argmax(2) == y).sum(0)
+    return (loss_sum / n).tolist(), (pen_sum / n).tolist(), (100.0 * correct / n).tolist()
+
+
+@torch.no_grad()
+def evaluate(net, test_x, test_y, cfg):
+    """Per model: mean loss, accuracy in percent, correct count; and predictions (K, N). Always fp32 eager."""
+    net.eval()
+    k = net.k
+    loss_sum, preds = torch.zeros(k, device=test_x.device, dtype=torch.float64), []
+    for start in range(0, len(test_x), cfg.eval_batch_size):
+        x = data.to_float(test_x[start:start + cfg.eval_batch_size], cfg.normalize, DTYPES[cfg.dtype])
+        logits = net(x.expand(-1, k, -1, -1).contiguous(memory_format=memory_format(cfg)))  # every model sees it
+        y = test_y[start:start + cfg.eval_batch_size].long()
+        loss_sum += torch.stack([F.cross_entropy(logits[:, i], y, reduction="sum") for i in range(k)])
+        preds.append(logits.argmax(2))
+    preds = torch.cat(preds).T                                                      # (K, N)
+    correct = (preds == test_y.long()).sum(1).tolist()
+    return (loss_sum / len(test_x)).tolist(), [100.0 * c / len(test_x) for c in correct], correct, preds
+
+
+def memory_format(cfg):
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
+# -----------------------------------------------------------------------------
+# one pack: K (config, seed) members trained together; each keeps its own weights and random streams
+
+def build_pack(members, device):
+    """Initial weights, data generator and dropout generator of each member come from its seed alone."""
+    cfg = members[0][0]
+    state_dicts, data_gens, drop_gens = [], [], []
+    for _, seed in members:
+        seed_everything(seed)
+        state_dicts.append(model_lib.Net(cfg.dropout, cfg.norm, cfg.virtual_batch).state_dict())  # init on CPU
+        drop = torch.Generator(device=device)
+        # dropout continues the seed's stream after the initialisation, exactly as nn.Dropout would on CPU
+        drop.set_state(torch.get_rng_state() if device == "cpu" else torch.cuda.get_rng_state())
+        drop_gens.append(drop)
+        data_gens.append(torch.Generator(device=device).manual_seed(seed + 1_000_003))  # order + augmentation
+    net = model_lib.PackedNet(len(members), cfg.dropout, cfg.norm, cfg.virtual_batch)
+    net.load_state_dict(model_lib.pack(state_dicts))
+    net = net.to(device, DTYPES[cfg.dtype], memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    net.set_dropout_generators(drop_gens)
+    # a lambda tensor only where some member has that penalty: a zero one would still add its (zero) terms
+    lam = lambda key: (torch.tensor([getattr(m, key) for m, _ in members], device=device, dtype=DTYPES[cfg.dtype])
+                       if any(getattr(m, key) for m, _ in members) else None)
+    return net, {"data_gens": data_gens, "drop_gens": drop_gens, "l1": lam("l1"), "l2": lam("l2"),
+                 "step": torch.compile(step_loss, dynamic=False) if cfg.compile else step_loss}
+
+
+def train_pack(members, split, state_path, resume, env):
+    """Train K members for cfg.epochs; save state after every epoch; return (run entries, weights per member)."""
+    cfg = members[0][0]
+    train_x, train_y, test_x, test_y = split
+    net, pack = build_pack(members, cfg.device)
+    lo, hi = cfg.momentum_range
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=hi if cfg.cycle_momentum else cfg.momentum, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, epochs=cfg.epochs, pct_start=cfg.warmup,
+                                                steps_per_epoch=math.ceil(len(train_x) / cfg.batch_size),
+                                                cycle_momentum=cfg.cycle_momentum, base_momentum=lo, max_momentum=hi)
+    k = len(members)
+    label = ", ".join(f"{m.name} seed {s}" for m, s in members)
+    histories, runs = [[] for _ in members], [{"seed": s, "status": "ok", "pack_size": k} for _, s in members]
+    signature = [results.comparable(asdict(m)) | {"seed": s, "device": cfg.device} for m, s in members]
+    if resume and os.path.exists(state_path):
+        try:  # RNG states must stay CPU byte tensors: load everything to the CPU, load_state_dict moves the rest
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, or not a state file at all
+            raise ValueError(f"{state_path} is damaged ({type(e).__name__}); delete it to train that seed from the start")
+        if state.get("members") != signature:
+            raise ValueError(f"{state_path} was saved by a different config or device; delete it or drop --resume")
+        net.load_state_dict(state["model"]); opt.load_state_dict(state["opt"]); sched.load_state_dict(state["sched"])
+        for g, st in zip(pack["data_gens"] + pack["drop_gens"], state["rng"]):
+            g.set_state(st)
+        histories, runs = state["histories"], state["runs"]
+        tqdm.write(f"{label}: resumed after epoch {len(histories[0])}")
+    for epoch in range(len(histories[0]) + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        momentum = opt.param_groups[0]["momentum"]
+        train_loss, pen, train_acc = train_one_epoch(net, opt, sched, pack, train_x, train_y, cfg,
+                                                     f"{label} e{epoch}" if k == 1 else f"{k} models e{epoch}")
+        test_loss, test_acc, _, _ = evaluate(net, test_x, test_y, cfg)
+        seconds = round((time.perf_counter() - t0) / k, 3)  # a pack's wall time, shared by its K models
+        for i, ((m, seed), norms) in enumerate(zip(members, model_lib.weight_norms(net))):
+            if runs[i]["status"] != "ok":
+                continue
+            finite = lambda v: v if math.isfinite(v) else None  # JSON has no NaN: a diverged loss is null
+            histories[i].append({"epoch": epoch, "train_loss": finite(train_loss[i]), "penalty": finite(pen[i]),
+                                 "train_acc": train_acc[i], "test_loss": finite(test_loss[i]), "test_acc": test_acc[i],
+                                 "lr": sched.get_last_lr()[0], "momentum": momentum, "seconds": seconds,
+                                 "weight_norm": {n: finite(v) for n, v in norms.items()}})
+            tqdm.write(f"{m.name} seed {seed} epoch {epoch:2d}/{cfg.epochs}: train loss {train_loss[i]:.4f} "
+                       f"(+penalty {pen[i]:.4f}) acc {train_acc[i]:.2f} | {'val' if cfg.val else 'test'} loss "
+                       f"{test_loss[i]:.4f} acc {test_acc[i]:.2f} | {seconds:.1f}s{' per model' if k > 1 else ''}")
+            if not math.isfinite(train_loss[i] + pen[i]):
+                runs[i].update(status="diverged", diverged_epoch=epoch)
+                tqdm.write(f"{m.name} seed {seed}: loss is not finite at epoch {epoch}: diverged")
+        if all(r["status"] != "ok" for r in runs):
+            break
+        results.save_torch(state_path, {"members": signature, "model": net.state_dict(), "opt": opt.state_dict(),
+                                        "sched": sched.state_dict(), "histories": histories, "runs": runs,
+                                        "rng": [g.get_state() for g in pack["data_gens"] + pack["drop_gens"]]})
+    _, final_acc, correct, preds = evaluate(net, test_x, test_y, cfg)
+    weights = model_lib.unpack({key: v.cpu() for key, v in net.state_dict().items()}, k)  # plain Net state_dicts
+    for i, (m, seed) in enumerate(members):
+        accs = [h["test_acc"] for h in histories[i]]
+        best = max(range(len(accs)), key=lambda j: accs[j])
+        wrong = (preds[i] != test_y.long()).nonzero().flatten().tolist()
+        runs[i].update(epochs=histories[i], final_test_acc=final_acc[i], test_correct=correct[i],
+                       best_test_acc=accs[best], best_epoch=best + 1, near_zero_fraction=model_lib.near_zero_fraction(weights[i]),
+                       first_epoch_at_99_4=next((h["epoch"] for h in histories[i] if h["test_acc"] >= 99.4), None),
+                       misclassified=[{"index": j, "label": int(test_y[j]), "pred": int(preds[i][j])} for j in wrong],
+                       env=env | {"wall_s": round(sum(h["seconds"] for h in histories[i]), 1)})
+    return runs, weights
