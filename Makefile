@@ -22,7 +22,7 @@ ifeq ($(filter $(DEVICE),auto cpu cuda),)
 $(error DEVICE=$(DEVICE) must be one of: auto cpu cuda)
 endif
 
-.PHONY: help all data test bench plots sweep recipe numerics clean $(VARIANTS)
+.PHONY: help all data test bench plots sweep recipe lambdas numerics clean $(VARIANTS)
 
 ## help: list the targets
 help:
@@ -90,6 +90,16 @@ RECIPE_EPOCHS ?= 15
 recipe: | .venv/ok
 	$(foreach c,$(RECIPE_CANDIDATES),$(PY) train.py --variant none --val --epochs $(RECIPE_EPOCHS) \
 	    --seeds $(RECIPE_SEEDS) --device $(DEVICE) --out $(RESULTS)/recipe --name $(c) $(RECIPE_ARGS_$(c)) &&) true
+	$(PY) results.py recipe $(RESULTS)/recipe $(RECIPE_CANDIDATES)
+
+## lambdas: re-choose lambda under the chosen recipe on the validation split, e.g. make lambdas RECIPE=nodrop
+RECIPE    ?= base
+LAMBDA_L1 ?= 3e-5 1e-4 3e-4
+LAMBDA_L2 ?= 3e-5 1e-4 3e-4
+lambdas: | .venv/ok
+	$(foreach p,l1 l2,$(foreach l,$(LAMBDA_$(shell echo $(p) | tr a-z A-Z)),$(PY) train.py --variant $(p) --$(p) $(l) --val \
+	    --epochs $(RECIPE_EPOCHS) --seeds $(RECIPE_SEEDS) --device $(DEVICE) --out $(RESULTS)/recipe/lambda \
+	    --name $(p)-$(l) $(RECIPE_ARGS_$(RECIPE)) &&)) true
 	$(PY) results.py recipe $(RESULTS)/recipe $(RECIPE_CANDIDATES)
 
 ## numerics: the fast path's numbers against the original fp32 eager path, on the validation split, 3 seeds

@@ -229,3 +229,57 @@ def paired(result, base):
     fa, fb = finals(result), finals(base)
     seeds = sorted(set(fa) & set(fb))
     return seeds, [fa[s] - fb[s] for s in seeds]
+
+
+# -----------------------------------------------------------------------------
+# the recipe search on the validation split (make recipe): candidates -> results/recipe.json
+
+RECIPE_RULE = ("highest mean final validation accuracy over the seeds (train on the first 50k, evaluate on the "
+               "last 10k training images); candidates within 0.05 points of the best count as tied, and among "
+               "tied ones the one listed first wins (the list runs from the fewest changes to the most)")
+LAMBDA_RULE = ("per penalty, the largest lambda whose mean final validation accuracy stays within 0.05 points of "
+               "the chosen recipe without penalty (the strongest penalty that costs nothing measurable)")
+
+
+def val_summary(result):
+    accs = [r["final_test_acc"] for r in result["runs"] if r["status"] == "ok"]
+    return {"seeds": [r["seed"] for r in result["runs"]], "val_acc": accs,
+            "val_acc_mean": sum(accs) / len(accs) if accs else None}
+
+
+def choose_recipe(folder, order, lambda_folder=None):
+    """recipe.json from the candidate runs in folder (names in `order`, simplest first) and, when present, the
+    lambda runs in lambda_folder (<penalty>-<lambda>.json)."""
+    candidates = []
+    for name in order:
+        r = load(os.path.join(folder, f"{name}.json"))
+        if not r["config"]["val"]:
+            raise ResultsError(f"{folder}/{name}.json was not a validation run (--val); the test set stays untouched")
+        candidates.append({"name": name, "config": r["config"]} | val_summary(r))
+    best = max(c["val_acc_mean"] for c in candidates if c["val_acc_mean"] is not None)
+    chosen = next(c for c in candidates if c["val_acc_mean"] is not None and c["val_acc_mean"] >= best - 0.05)
+    out = {"schema": SCHEMA, "rule": RECIPE_RULE, "candidates": candidates, "chosen": chosen["name"],
+           "lambdas": None, "lambda_rule": LAMBDA_RULE}
+    if lambda_folder and glob.glob(os.path.join(glob.escape(lambda_folder), "*.json")):
+        points = [load(p) for p in sorted(glob.glob(os.path.join(glob.escape(lambda_folder), "*.json")))]
+        out["lambda_points"], out["lambdas"] = [], {}
+        for key in ("l1", "l2"):
+            pts = sorted(((r["config"][key], val_summary(r)) for r in points if r["variant"] == key), key=lambda p: p[0])
+            out["lambda_points"] += [{"penalty": key, "lambda": lam} | s for lam, s in pts]
+            ok = [lam for lam, s in pts if s["val_acc_mean"] is not None and s["val_acc_mean"] >= chosen["val_acc_mean"] - 0.05]
+            out["lambdas"][key] = max(ok) if ok else None
+    write_json(os.path.join(os.path.dirname(folder.rstrip("/")), "recipe.json"), out)
+    return out
+
+
+if __name__ == "__main__":  # python results.py recipe results/recipe base nodrop ...   (make recipe)
+    import sys
+    if len(sys.argv) < 4 or sys.argv[1] != "recipe":
+        sys.exit("usage: python results.py recipe FOLDER CANDIDATE [CANDIDATE ...]")
+    try:
+        rec = choose_recipe(sys.argv[2], sys.argv[3:], lambda_folder=os.path.join(sys.argv[2], "lambda"))
+    except ResultsError as e:
+        sys.exit(f"results.py: error: {e}")
+    for c in rec["candidates"]:
+        print(f"{c['name']:>10}: val acc {c['val_acc_mean']:.3f} over seeds {c['seeds']} {c['val_acc']}")
+    print(f"chosen: {rec['chosen']} ({rec['rule']})")
