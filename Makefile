@@ -31,8 +31,9 @@ help:
 
 ## all: set up, fetch MNIST, train every variant, render the figures and REPORT.md
 all: data
-	@echo "make all: $(words $(VARIANTS)) variants x seeds $(SEEDS) x $(EPOCHS) epochs; on 2 CPU cores expect about" \
-	      "$$(( $(words $(VARIANTS)) * $(EPOCHS) * $(words $(subst $(comma), ,$(SEEDS))) / 2 )) min (a GPU: about a minute)"
+	@echo "make all: $(words $(VARIANTS)) variants x seeds $(SEEDS) x $(EPOCHS) epochs into $(RESULTS)/ (seeds already there" \
+	      "with the same config are kept); on 2 CPU cores expect up to" \
+	      "$$(( $(words $(VARIANTS)) * $(EPOCHS) * $(words $(subst $(comma), ,$(SEEDS))) * 22 / 60 )) min (~22 s per model-epoch)"
 	@for v in $(VARIANTS); do $(MAKE) --no-print-directory $$v || exit 1; done
 	$(MAKE) --no-print-directory plots
 comma := ,

@@ -1,14 +1,14 @@
-"""Render the study's figures and REPORT.md from results/*.json alone; the only drawer.
+"""Render the study's figures and REPORT.md from results/*.json (and the checkpoints they name) alone; the only drawer.
 
     python plot.py [--results DIR] [--data DIR]
-writes loss.png, accuracy.png, misclassified_<variant>.png, REPORT.md (and sweep.png + sweep.json when
-DIR/sweep/ holds validation runs) into DIR. Everything is rendered to temporary files first, then renamed.
+writes loss.png, accuracy.png, differences.png, norms.png, weights.png, misclassified_<name>.png and REPORT.md
+(and sweep.png + sweep.json when DIR/sweep/ holds validation runs) into DIR, by default the repository's results/.
+Everything is rendered to temporary files first, then renamed.
 """
 import argparse
 import glob
-import json
-import math
 import os
+import textwrap
 import warnings
 
 import matplotlib
@@ -19,46 +19,18 @@ import numpy as np
 import torch
 
 import data
+import results
 from model import Net
 from regularizers import VARIANTS
 
-SCHEMAS = {1}
 # a diverged run stops early: its missing epochs are NaN, and an all-NaN column is expected, not an error
 warnings.filterwarnings("ignore", "Mean of empty slice|All-NaN slice encountered", RuntimeWarning)
-ORDER = list(VARIANTS)
-COLORS = dict(zip(ORDER, ["black", "tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]))
-# two-sided 95% Student t quantiles by degrees of freedom; a normal 1.96 beyond the table
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
-class ResultsError(Exception):
-    """A results file is missing, empty, malformed or of an unknown schema; the message names it."""
-
-
-# -----------------------------------------------------------------------------
-# reading
-
-def load_results(folder):
-    """{name: result} for every <name>.json in folder that train.py wrote; sweep.json is plot.py's own."""
-    paths = sorted(p for p in glob.glob(os.path.join(folder, "*.json")) if os.path.basename(p) != "sweep.json")
-    if not paths:
-        raise ResultsError(f"{folder}: no results JSON found; train a variant first (make l1)")
-    results = {}
-    for path in paths:
-        try:
-            with open(path) as f:
-                r = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ResultsError(f"{path}: not valid JSON ({e})")
-        if not isinstance(r, dict) or r.get("schema") not in SCHEMAS:
-            raise ResultsError(f"{path}: unknown schema {r.get('schema') if isinstance(r, dict) else None!r}; "
-                               f"this plot.py reads schema {sorted(SCHEMAS)}")
-        if not r.get("runs") or not all(k in r for k in ("config", "env", "summary")):
-            raise ResultsError(f"{path}: no runs, or missing config/env/summary")
-        results[os.path.splitext(os.path.basename(path))[0]] = r
-    order = {n: i for i, n in enumerate(ORDER)}
-    return dict(sorted(results.items(), key=lambda kv: (order.get(kv[1]["variant"], 99), kv[0])))
+COLORS = dict(zip(VARIANTS, ["black", "tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]))
+BASE = "none"  # every paired difference is taken against this results file
+LAYERS = [f"conv{i}" for i in range(1, 10)]
+# conv1..conv8 feed ReLU -> BatchNorm, so the output ignores their scale; conv9 (the classifier) does not
+SCALE_INVARIANT = LAYERS[:-1]
+NEAR_ZERO = 0.01  # model.near_zero_fraction's rule: |w| < 1% of the largest |w| of its own layer
 
 
 def curves(result, key):
@@ -71,8 +43,18 @@ def curves(result, key):
     return np.arange(1, n + 1), arr
 
 
+def color(result):
+    return COLORS.get(result["variant"])
+
+
+def save(fig, path, dpi=120):
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi, format="png")
+    plt.close(fig)
+
+
 # -----------------------------------------------------------------------------
-# figures
+# curves over epochs
 
 def band(ax, x, arr, label, color):
     """Seed mean as a line; min-max across seeds as a band when there are several."""
@@ -81,29 +63,26 @@ def band(ax, x, arr, label, color):
         ax.fill_between(x, np.nanmin(arr, 0), np.nanmax(arr, 0), color=color, alpha=0.18, lw=0)
 
 
-def plot_loss(results, path):
+def plot_loss(found, path):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, key, title in [(axes[0], "train_loss", "train loss (data loss, epoch mean)"),
                            (axes[1], "test_loss", "test loss")]:
-        for name, r in results.items():
-            x, arr = curves(r, key)
-            band(ax, x, arr, name, COLORS.get(r["variant"], None))
+        for name, r in found.items():
+            band(ax, *curves(r, key), name, color(r))
         ax.set(title=title, xlabel="epoch", yscale="log")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("cross-entropy (log scale)")
     axes[1].legend(title="variant, seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
+    save(fig, path)
 
 
-def plot_accuracy(results, path):
+def plot_accuracy(found, path):
     fig, ax = plt.subplots(figsize=(9, 5))
     tail, top = [], []
-    for name, r in results.items():
+    for name, r in found.items():
         x, arr = curves(r, "test_acc")
-        band(ax, x, arr, name, COLORS.get(r["variant"], None))
+        band(ax, x, arr, name, color(r))
         tail.append(np.nanmin(arr[:, min(2, arr.shape[1] - 1):]))  # zoom past the first two epochs
         top.append(np.nanmax(arr))
     ax.axhline(99.4, ls="--", color="gray", lw=1, label="99.4% target")
@@ -113,29 +92,114 @@ def plot_accuracy(results, path):
     ax.set(title="test accuracy per epoch (seed mean, min-max band)", xlabel="epoch", ylabel="test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
+    save(fig, path)
+
+
+def norm_curves(result):
+    """{layer: (seeds, epochs)} weight norms and (seeds, epochs) lr of the runs whose epochs record weight_norm."""
+    runs = [run for run in result["runs"] if run["epochs"] and all("weight_norm" in e for e in run["epochs"])]
+    n = result["config"]["epochs"]
+    norms, lr = {k: np.full((len(runs), n), np.nan) for k in LAYERS}, np.full((len(runs), n), np.nan)
+    for i, run in enumerate(runs):
+        for e in run["epochs"]:
+            lr[i, e["epoch"] - 1] = e["lr"]
+            for k in LAYERS:
+                norms[k][i, e["epoch"] - 1] = np.nan if e["weight_norm"].get(k) is None else e["weight_norm"][k]
+    return norms, lr
+
+
+def plot_norms(found, path):
+    """One panel per convolution: its weight norm over epochs (seed mean); a last panel: the effective step."""
+    have = {name: norm_curves(r) for name, r in found.items()}
+    have = {name: c for name, c in have.items() if len(c[1])}
+    if not have:
+        return False
+    fig, axes = plt.subplots(2, 5, figsize=(17, 6.8), sharex=True)
+    for name, (norms, lr) in have.items():
+        x, c = np.arange(1, lr.shape[1] + 1), color(found[name])
+        for ax, k in zip(axes.flat, LAYERS):
+            ax.plot(x, np.nanmean(norms[k], 0), color=c, lw=1.4, label=f"{name} (n={len(lr)})")
+        # lr / ||w||^2 is the step a scale-invariant layer effectively takes (van Laarhoven 2017)
+        step = lr / sum(norms[k] ** 2 for k in SCALE_INVARIANT)
+        axes.flat[9].plot(x, np.nanmean(step, 0), color=c, lw=1.4)
+    for ax, k in zip(axes.flat, LAYERS):
+        ax.set_title(f"{k}: ‖w‖₂" + ("" if k in SCALE_INVARIANT else " (classifier, scale matters)"), fontsize=10)
+        ax.grid(alpha=0.3)
+    axes.flat[9].set(yscale="log", title="effective step  lr / Σ₁₋₈ ‖w‖²  (log)")
+    axes.flat[9].title.set_fontsize(10)
+    axes.flat[9].grid(alpha=0.3, which="both")
+    for ax in axes[1]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes.flat[0].legend(fontsize=8)
+    skipped = [name for name in found if name not in have]
+    fig.suptitle("weight norm of each convolution at the end of each epoch (seed mean)"
+                 + (f"\nnot shown (their epochs record no weight_norm): {', '.join(skipped)}" if skipped else ""), fontsize=11)
+    save(fig, path)
+    return True
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: final weights, and the misclassified digits they produce
+
+def load_weights(run):
+    """A run's final state_dict, from the checkpoint its JSON names (relative to the repository root)."""
+    ckpt = os.path.join(results.REPO, run["checkpoint"])
+    if not os.path.exists(ckpt):
+        raise results.ResultsError(f"{ckpt}: checkpoint named by the JSON is missing")
+    return torch.load(ckpt, map_location="cpu", weights_only=True)
+
+
+def ok_runs(result):
+    return [run for run in result["runs"] if run["status"] == "ok"]
+
+
+def plot_weights(found, path):
+    """Histogram of all final convolution weights per variant (seeds pooled, counts per model), same bins for all:
+    left |w|, right |w| relative to its layer's largest |w|, where the near-zero rule is a line."""
+    absw, rel, seeds, label = {}, {}, {}, {}
+    for name, r in found.items():
+        convs = [[w.double().abs() for w in load_weights(run).values() if w.dim() == 4] for run in ok_runs(r)]
+        if not convs:
+            continue
+        absw[name] = torch.cat([w.flatten() for ws in convs for w in ws]).numpy()
+        rel[name] = torch.cat([(w / w.max()).nan_to_num(0.0).flatten() for ws in convs for w in ws]).numpy()  # 0/0: a zero layer
+        seeds[name] = len(convs)
+        nz = [run["near_zero_fraction"] for run in ok_runs(r) if run.get("near_zero_fraction") is not None]
+        label[name] = f"{name} (n={len(convs)})" + (f": {100 * np.mean(nz):.1f}% near zero" if nz else "")
+    if not absw:
+        return False
+    top = max(a.max() for a in absw.values())
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.8), sharey=True)
+    for ax, vals, bins in [(axes[0], absw, np.logspace(np.log10(top) - 6, np.log10(top), 61)),
+                           (axes[1], rel, np.logspace(-6, 0, 61))]:
+        for name, v in vals.items():  # values below the first bin (exact zeros too) count in the first bin
+            ax.hist(np.clip(v, bins[0], bins[-1]), bins=bins, weights=np.full(len(v), 1 / seeds[name]),
+                    histtype="step", lw=1.5, color=color(found[name]), label=label[name])
+        ax.set(xscale="log", yscale="log")
+        ax.grid(alpha=0.3, which="both")
+    axes[1].axvline(NEAR_ZERO, color="gray", ls="--", lw=1)
+    axes[0].set(xlabel="|w|  (leftmost bin: this or smaller, exact zeros included)", ylabel="weights per model (log scale)",
+                title="final convolution weights, conv1..conv9 pooled")
+    axes[1].set(xlabel="|w| / largest |w| of its layer",
+                title=f"near zero = |w| < {NEAR_ZERO:.0%} of its layer's largest |w| (dashed line)")
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="variant (seeds):\nnear zero, JSON mean",
+                   title_fontsize=8)
+    save(fig, path)
+    return True
 
 
 @torch.no_grad()
 def predict(result, run, images):
-    """Predictions of a run's checkpoint, evaluated as train.py evaluates (same batch size and memory format)."""
+    """Predictions of a run's checkpoint, evaluated as train.py evaluates: fp32, its eval batch and memory format."""
     cfg = result["config"]
-    root = os.path.dirname(os.path.abspath(__file__))
-    ckpt = os.path.join(root, run["checkpoint"])
-    if not os.path.exists(ckpt):
-        raise ResultsError(f"{ckpt}: checkpoint named by the JSON is missing")
     net = Net(cfg["dropout"], cfg["norm"], cfg["virtual_batch"])
-    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-    if cfg["channels_last"]:
-        net = net.to(memory_format=torch.channels_last)
-    net.eval()
-    preds = []
-    for start in range(0, len(images), cfg["batch_size"]):
-        x = data.to_float(images[start:start + cfg["batch_size"]], cfg["normalize"])
-        preds.append(net(x.contiguous(memory_format=torch.channels_last) if cfg["channels_last"] else x).argmax(1))
-    return torch.cat(preds)
+    net.load_state_dict(load_weights(run))
+    fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
+    net = net.to(memory_format=fmt).eval()
+    batch = cfg.get("eval_batch_size", cfg["batch_size"])  # files before eval_batch_size evaluated in training batches
+    return torch.cat([net(data.to_float(images[i:i + batch], cfg["normalize"]).contiguous(memory_format=fmt)).argmax(1)
+                      for i in range(0, len(images), batch)])
 
 
 def eval_images(result, data_dir):
@@ -147,91 +211,120 @@ def eval_images(result, data_dir):
 
 
 def plot_misclassified(name, result, images, labels, path):
-    """5x5 grid of the first 25 misclassified images of the first seed, checked against its checkpoint."""
-    run = result["runs"][0]
-    preds = predict(result, run, images)
-    wrong = (preds != labels.long()).nonzero().flatten().tolist()
-    if wrong != [m["index"] for m in run["misclassified"]]:
-        raise ResultsError(f"{name}.json: misclassified list of seed {run['seed']} disagrees with {run['checkpoint']} "
-                           f"({len(run['misclassified'])} listed, {len(wrong)} found)")
+    """5x5 grid of the first 25 misclassified images of the first seed; every seed's list is checked against
+    its checkpoint first. False (no grid) when every seed diverged."""
+    for run in ok_runs(result):
+        wrong = (predict(result, run, images) != labels.long()).nonzero().flatten().tolist()
+        if wrong != [m["index"] for m in run["misclassified"]]:
+            raise results.ResultsError(f"{name}.json: misclassified list of seed {run['seed']} disagrees with "
+                                       f"{run['checkpoint']} ({len(run['misclassified'])} listed, {len(wrong)} found)")
+    if not ok_runs(result):
+        return False
+    run = ok_runs(result)[0]
     fig, axes = plt.subplots(5, 5, figsize=(6.5, 7.2))
     for ax, m in zip(axes.flat, run["misclassified"][:25]):
         ax.imshow(images[m["index"]].numpy(), cmap="gray_r")
         ax.set_title(f"pred {m['pred']}, true {m['label']}", fontsize=9, color="firebrick")
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle(f"{name}: {len(wrong)} of {len(labels):,} test digits misclassified (seed {run['seed']}, "
-                 f"first 25 shown)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
+    fig.suptitle(f"{name}: {len(run['misclassified'])} of {len(labels):,} test digits misclassified "
+                 f"(seed {run['seed']}, first 25 shown)", fontsize=10)
+    save(fig, path, dpi=100)
+    return True
 
 
 # -----------------------------------------------------------------------------
-# statistics and the report
+# paired differences against `none`, as a figure and as sentences
 
-def finals(result):
-    """{seed: final test accuracy} of the runs that did not diverge."""
-    return {r["seed"]: r["final_test_acc"] for r in result["runs"] if r["status"] == "ok"}
-
-
-def paired_interval(a, b):
-    """Mean of the paired differences a_i - b_i with its two-sided 95% t-interval (None for one pair)."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    n = len(d)
-    if n < 2:
-        return float(d.mean()), None, None
-    df = n - 1
-    t = T95.get(df) or T95[max(k for k in T95 if k <= df)] if df <= 30 else 1.96
-    half = t * d.std(ddof=1) / math.sqrt(n)
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+def pairs(found):
+    """{name: (seeds, differences) or the reason it cannot be paired with `none`}, for every other file."""
+    out = {}
+    for name, r in found.items():
+        if name == BASE:
+            continue
+        try:
+            seeds, diffs = results.paired(r, found[BASE])
+            out[name] = (seeds, diffs) if seeds else f"{name} shares no finished seed with {BASE}"
+        except results.ResultsError as e:
+            out[name] = str(e)
+    return out
 
 
-def compare(name, result, base):
-    """One generated sentence: this variant against `none` over the seeds both have."""
-    fa, fb = finals(result), finals(base)
-    seeds = sorted(set(fa) & set(fb))
-    if not seeds:
-        return f"**{name}** shares no finished seed with `none`; no comparison."
-    mean, lo, hi = paired_interval([fa[s] for s in seeds], [fb[s] for s in seeds])
+def plot_differences(found, paired, path):
+    """Per variant: final accuracy minus none's on the same seed (dots), mean and 95% paired t-interval."""
+    shown = {name: p for name, p in paired.items() if not isinstance(p, str)}
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.4 * len(shown) + 3), 4.8))
+    ax.axhline(0, color="gray", lw=1)
+    for x, (name, (seeds, diffs)) in enumerate(shown.items()):
+        c = color(found[name])
+        jitter = np.linspace(-0.12, 0.12, len(diffs)) if len(diffs) > 1 else [0.0]
+        ax.scatter(x + np.asarray(jitter), diffs, s=22, color=c, alpha=0.7, zorder=3)
+        mean, lo, hi = results.paired_interval(diffs, [0.0] * len(diffs))
+        if lo is None:
+            ax.plot([x + 0.22], [mean], "_", ms=16, mew=2, color=c)
+            ax.annotate("1 seed:\nno interval", (x + 0.22, mean), xytext=(0, -8), textcoords="offset points",
+                        fontsize=8, ha="center", va="top")
+        else:
+            ax.errorbar([x + 0.22], [mean], yerr=[[mean - lo], [hi - mean]], fmt="_", ms=16, mew=2, capsize=5, color=c)
+    ax.set_xticks(range(len(shown)), [f"{n}\n({len(p[0])} seed{'s' if len(p[0]) > 1 else ''})" for n, p in shown.items()])
+    ax.set_xlim(-0.6, max(len(shown), 1) - 0.4)
+    ax.set(ylabel=f"final test acc − {BASE}, same seed (points)",
+           title=f"final test accuracy minus {BASE}'s on the same seed\ndots: seeds; bar: mean and 95% paired t-interval")
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3, axis="y")
+    left_out = [p for p in paired.values() if isinstance(p, str)]
+    if left_out:  # as the axis label, so that tight_layout makes room for it
+        ax.set_xlabel(textwrap.fill("left out: " + "; ".join(left_out), 90), fontsize=8)
+    save(fig, path)
+
+
+def compare(name, p):
+    """One generated sentence: this variant against `none` over the seeds both have, or why there is none."""
+    if isinstance(p, str):
+        return f"**{name}** is not compared with {BASE}: {p}."
+    seeds, diffs = p
+    mean, lo, hi = results.paired_interval(diffs, [0.0] * len(diffs))
     if lo is None:
-        return (f"**{name}** − none = {mean:+.2f} points on seed {seeds[0]} alone; with one seed there is no "
+        return (f"**{name}** − {BASE} = {mean:+.2f} points on seed {seeds[0]} alone; with one seed there is no "
                 f"interval, so this cannot be told apart from seed-to-seed noise.")
     verdict = ("distinguishable from noise (the interval excludes 0)" if lo > 0 or hi < 0
                else "not distinguishable from noise (the interval contains 0)")
-    return (f"**{name}** − none = {mean:+.2f} points, 95% paired t-interval [{lo:+.2f}, {hi:+.2f}] over "
+    return (f"**{name}** − {BASE} = {mean:+.2f} points, 95% paired t-interval [{lo:+.2f}, {hi:+.2f}] over "
             f"{len(seeds)} seeds: {verdict}.")
 
 
-def report(results):
+def report(found, paired):
     rows = ["| variant | λ1 | λ2 | epochs | final test acc (mean ± std) | min | max | best of mean curve (epoch) "
             "| first epoch ≥ 99.4 | s/epoch (median) | device | seeds |", "|" + "---|" * 12]
-    for name, r in results.items():
+    fmt = lambda v: "–" if v is None else f"{v:.2f}"
+    for name, r in found.items():
         cfg, s = r["config"], r["summary"]
-        x, acc = curves(r, "test_acc")
+        _, acc = curves(r, "test_acc")
         _, secs = curves(r, "seconds")
         mean_curve = np.nanmean(acc, 0)
         best = int(np.nanargmax(mean_curve))
         first = next((i + 1 for i, a in enumerate(mean_curve) if a >= 99.4), None)
-        final = (f"{s['final_test_acc_mean']:.2f} ± {s['final_test_acc_std']:.2f}" if s["final_test_acc_mean"] is not None
-                 else "diverged")
+        n = len(results.finals(r))
+        final = ("diverged" if s["final_test_acc_mean"] is None else f"{s['final_test_acc_mean']:.2f} (1 seed)" if n == 1
+                 else f"{s['final_test_acc_mean']:.2f} ± {s['final_test_acc_std']:.2f}")
         if s.get("diverged"):
             final += f" ({len(s['diverged'])} diverged)"
-        fmt = lambda v: "–" if v is None else f"{v:.2f}"
+        device = (r.get("env") or r["runs"][-1].get("env") or {}).get("device", "?")
         rows.append(f"| {name} | {cfg['l1']:g} | {cfg['l2']:g} | {cfg['epochs']} | {final} | {fmt(s['final_test_acc_min'])} "
                     f"| {fmt(s.get('final_test_acc_max'))} | {mean_curve[best]:.2f} ({best + 1}) | {first or '–'} "
-                    f"| {np.nanmedian(secs):.1f} | {r['env']['device']} | {len(finals(r))} |")
+                    f"| {np.nanmedian(secs):.1f} | {device} | {n} |")
     lines = ["# Report", "", "Generated by `python plot.py` from the JSON files beside it; do not edit by hand.",
              "Accuracies in percent; \"final\" is the last epoch of every seed, never a picked epoch. The paired "
-             "differences compare each variant with `none` on the same seeds (same initial weights, data order and "
-             "augmentation), with a two-sided 95% Student t-interval.", "", *rows, ""]
-    for name, r in results.items():
+             f"differences compare each variant with `{BASE}` on the same seeds (same initial weights, data order and "
+             "augmentation), with a two-sided 95% Student t-interval; only runs whose configs differ in nothing but "
+             "the penalty and the norm are compared.", "", *rows, ""]
+    for name, r in found.items():
         mean = r["summary"]["final_test_acc_mean"]
-        target = ("diverged" if mean is None else f"reaches the 99.40% target at the final epoch (mean {mean:.2f})"
-                  if mean >= 99.4 else f"misses the 99.40% target at the final epoch by {99.4 - mean:.3f} points (mean {mean:.3f})")
-        line = f"- **{name}** {target}."
-        if name != "none" and "none" in results:
-            line += " " + compare(name, r, results["none"])
+        target = ("" if mean is None else "; reaches the 99.40% target at the final epoch" if mean >= 99.4
+                  else f"; misses the 99.40% target at the final epoch by {99.4 - mean:.3f} points")
+        line = f"- **{name}**: final test accuracy {results.describe(r['summary'])}{target}."
+        if name in paired:
+            line += " " + compare(name, paired[name])
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -239,27 +332,14 @@ def report(results):
 # -----------------------------------------------------------------------------
 # the lambda sweep on the validation split (results/sweep/*.json, from `make sweep`)
 
-def sweep_points(folder):
-    points = {}
-    for name, r in load_results(folder).items():
-        cfg = r["config"]
-        kind = "none" if not cfg["l1"] and not cfg["l2"] else "l1" if not cfg["l2"] else "l2" if not cfg["l1"] else "l1l2"
-        lam = cfg["l1"] if kind == "l1" else cfg["l2"]
-        accs = [run["final_test_acc"] if run["status"] == "ok" else float("nan") for run in r["runs"]]
-        points[name] = {"penalty": kind, "lambda": lam, "val_acc": accs, "val_acc_mean": float(np.mean(accs)),
-                        "val_acc_min": float(np.min(accs)), "val_acc_max": float(np.max(accs)),
-                        "seeds": [run["seed"] for run in r["runs"]], "epochs": cfg["epochs"]}
-    return points
-
-
 def plot_sweep(points, path):
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    for kind, color in [("l1", "tab:blue"), ("l2", "tab:orange")]:
+    for kind, c in [("l1", "tab:blue"), ("l2", "tab:orange")]:
         pts = sorted((p for p in points.values() if p["penalty"] == kind), key=lambda p: p["lambda"])
         if pts:
             lam = [p["lambda"] for p in pts]
-            ax.plot(lam, [p["val_acc_mean"] for p in pts], "o-", color=color, label=f"{kind}: λ·Σ{'|w|' if kind == 'l1' else 'w²'}")
-            ax.fill_between(lam, [p["val_acc_min"] for p in pts], [p["val_acc_max"] for p in pts], color=color, alpha=0.2)
+            ax.plot(lam, [p["val_acc_mean"] for p in pts], "o-", color=c, label=f"{kind}: λ·Σ{'|w|' if kind == 'l1' else 'w²'}")
+            ax.fill_between(lam, [p["val_acc_min"] for p in pts], [p["val_acc_max"] for p in pts], color=c, alpha=0.2)
     for p in points.values():
         if p["penalty"] == "none":
             ax.axhline(p["val_acc_mean"], color="black", ls="--", lw=1, label="no penalty")
@@ -267,36 +347,43 @@ def plot_sweep(points, path):
            title=f"λ sweep: final validation accuracy, last 10k training images ({next(iter(points.values()))['epochs']} epochs)")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
+    save(fig, path)
 
 
 # -----------------------------------------------------------------------------
 # main: render everything to temporary files, then rename them all
 
 def render(folder, data_dir):
-    results = load_results(folder)
+    found = results.load_folder(folder)
     out = {}  # final path -> temporary path
+
     def tmp(name):
         out[os.path.join(folder, name)] = os.path.join(folder, f".{name}.tmp{os.getpid()}")
         return out[os.path.join(folder, name)]
+
+    def unless(wrote, name):  # a figure with nothing to show was not written: nothing to rename
+        if not wrote:
+            out.pop(os.path.join(folder, name))
     try:
-        plot_loss(results, tmp("loss.png"))
-        plot_accuracy(results, tmp("accuracy.png"))
+        plot_loss(found, tmp("loss.png"))
+        plot_accuracy(found, tmp("accuracy.png"))
+        unless(plot_norms(found, tmp("norms.png")), "norms.png")
+        unless(plot_weights(found, tmp("weights.png")), "weights.png")
+        paired = pairs(found) if BASE in found else {}
+        if paired:
+            plot_differences(found, paired, tmp("differences.png"))
         cache = {}
-        for name, r in results.items():
+        for name, r in found.items():
             key = (r["config"]["val"], r["config"]["test_limit"])
             cache[key] = cache.get(key) or eval_images(r, data_dir)
-            plot_misclassified(name, r, *cache[key], tmp(f"misclassified_{name}.png"))
+            unless(plot_misclassified(name, r, *cache[key], tmp(f"misclassified_{name}.png")), f"misclassified_{name}.png")
         with open(tmp("REPORT.md"), "w") as f:
-            f.write(report(results))
+            f.write(report(found, paired))
         sweep_dir = os.path.join(folder, "sweep")
-        if glob.glob(os.path.join(sweep_dir, "*.json")):
-            points = sweep_points(sweep_dir)
+        if glob.glob(os.path.join(glob.escape(sweep_dir), "*.json")):
+            points = results.sweep_points(sweep_dir)
             plot_sweep(points, tmp("sweep.png"))
-            with open(tmp("sweep.json"), "w") as f:
-                json.dump({"schema": 1, "source": "results/sweep/*.json", "points": points}, f, indent=1, allow_nan=False)
+            results.write_json(tmp("sweep.json"), {"schema": 1, "source": "results/sweep/*.json", "points": points})
         for final, temp in out.items():
             os.replace(temp, final)
     finally:
@@ -306,16 +393,25 @@ def render(folder, data_dir):
     return list(out)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="plot.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default="results", help="folder of <variant>.json files; figures go there too")
-    p.add_argument("--data", default="data", help="MNIST folder, for the misclassified images")
-    args = p.parse_args(argv)
+    p.add_argument("--results", default=os.path.join(results.REPO, "results"),
+                   help="folder of <name>.json files; figures go there too (default: the repository's results/)")
+    p.add_argument("--data", default=data.DEFAULT_ROOT,
+                   help="MNIST folder, for the misclassified images (default: the repository's data/)")
+    return p.parse_args(argv), p
+
+
+def main(argv=None):
+    args, p = parse_args(argv)
     if not os.path.isdir(args.results):
         p.exit(2, f"{p.prog}: error: --results {args.results} is not a directory\n")
+    if not os.path.isdir(args.data) and args.data != data.DEFAULT_ROOT:  # a typo must not download MNIST into a new folder
+        p.exit(2, f"{p.prog}: error: --data {args.data} is not a directory; run `python data.py --data {args.data}` "
+                  f"to fetch MNIST there\n")
     try:
         written = render(args.results, args.data)
-    except (ResultsError, data.DataError) as e:
+    except (results.ResultsError, data.DataError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     except (KeyError, TypeError, ValueError, IndexError) as e:  # a JSON that parses but lacks what we read
         p.exit(2, f"{p.prog}: error: a results JSON in {args.results} is malformed ({type(e).__name__}: {e})\n")

@@ -20,8 +20,9 @@ import torch
 REPO = os.path.dirname(os.path.abspath(__file__))
 SCHEMA = 2
 NOT_RESULTS = {"sweep.json", "recipe.json"}  # JSON files in results/ that describe several runs, not one variant
-# config keys that say where a run was written or which seeds it holds, not what was computed
-NOT_COMPARED = {"seeds", "device", "data", "out", "name"}
+# config keys that say where a run was written or which seeds it holds, not what was computed,
+# or how it was evaluated or packed (both change only the last bits of float sums: equally valid runs)
+NOT_COMPARED = {"seeds", "device", "data", "out", "name", "eval_batch_size", "packed"}
 # keys that may differ between two variants being compared: the penalty and the norm are the experiment
 EXPERIMENT = {"variant", "l1", "l2", "norm"}
 # two-sided 95% Student t quantiles by degrees of freedom; a normal 1.96 beyond the table
@@ -232,7 +233,21 @@ def paired(result, base):
 
 
 # -----------------------------------------------------------------------------
-# the recipe search on the validation split (make recipe): candidates -> results/recipe.json
+# validation-split searches: the lambda sweep (make sweep) and the recipe search (make recipe -> recipe.json)
+
+def sweep_points(folder):
+    """{name: validation point} of the lambda sweep's runs (results/sweep/*.json, from `make sweep`)."""
+    points = {}
+    for name, r in load_folder(folder).items():
+        cfg = r["config"]
+        kind = "none" if not cfg["l1"] and not cfg["l2"] else "l1" if not cfg["l2"] else "l2" if not cfg["l1"] else "l1l2"
+        lam = cfg["l1"] if kind == "l1" else cfg["l2"]
+        accs = [run["final_test_acc"] if run["status"] == "ok" else float("nan") for run in r["runs"]]
+        points[name] = {"penalty": kind, "lambda": lam, "val_acc": accs, "val_acc_mean": float(np.mean(accs)),
+                        "val_acc_min": float(np.min(accs)), "val_acc_max": float(np.max(accs)),
+                        "seeds": [run["seed"] for run in r["runs"]], "epochs": cfg["epochs"]}
+    return points
+
 
 RECIPE_RULE = ("highest mean final validation accuracy over the seeds (train on the first 50k, evaluate on the "
                "last 10k training images); candidates within 0.05 points of the best count as tied, and among "

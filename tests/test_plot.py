@@ -1,52 +1,61 @@
-"""plot.py: renders every figure and the report from JSON alone, with numbers equal to the JSON."""
+"""plot.py: renders every figure and the report from JSON and checkpoints alone, with numbers equal to the JSON."""
 import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
+import matplotlib.image
 import pytest
 import torch
 
 import data
+import model
 import plot
+import results
 from conftest import DATA, ROOT
-from model import Net
 from train import Config
-from dataclasses import asdict
 
 N_TEST = 200
+EVAL_BATCH = 50  # not the training batch: plot.py must evaluate with eval_batch_size, as train.py does
 
 
-def make_result(folder, variant, finals, mnist, l1=0.0, l2=0.0):
-    """A synthetic two-seed result whose checkpoints are real (untrained) nets, so the grids can be checked."""
-    cfg = asdict(Config(variant=variant, epochs=3, seeds=list(finals), l1=l1, l2=l2, test_limit=N_TEST))
+def make_result(folder, variant, finals, mnist, l1=0.0, l2=0.0, epochs=3):
+    """A synthetic schema-2 result whose checkpoints are real (untrained) nets, so grids and weights can be checked;
+    variants with an L1 penalty get soft-thresholded weights (exact zeros), as a strong L1 pull would leave."""
+    cfg = asdict(Config(variant=variant, epochs=epochs, seeds=list(finals), l1=l1, l2=l2, test_limit=N_TEST,
+                        eval_batch_size=EVAL_BATCH))
     runs = []
     for seed, final in finals.items():
         torch.manual_seed(seed)
-        net = Net()
-        ckpt = os.path.join(folder, f"{variant}-seed{seed}.pt")
-        torch.save(net.state_dict(), ckpt)
+        net = model.Net()
         with torch.no_grad():
+            for w in (p for p in net.parameters() if p.dim() == 4 and l1):
+                w.copy_(w.sign() * (w.abs() - 0.3 * w.abs().max()).clamp(min=0))
             net.eval()
-            preds = torch.cat([net(data.to_float(mnist[2][:N_TEST][i:i + 32], cfg["normalize"]).contiguous(
-                memory_format=torch.channels_last)).argmax(1) for i in range(0, N_TEST, 32)])
+            preds = torch.cat([net(data.to_float(mnist[2][:N_TEST][i:i + EVAL_BATCH], cfg["normalize"]).contiguous(
+                memory_format=torch.channels_last)).argmax(1) for i in range(0, N_TEST, EVAL_BATCH)])
+        ckpt = os.path.join(folder, f"{variant}-seed{seed}-0000000{seed}.pt")
+        torch.save(net.state_dict(), ckpt)
+        norms = {k.split(".")[0]: w.norm().item() for k, w in net.state_dict().items() if w.dim() == 4}  # conv1..conv9
         labels = mnist[3][:N_TEST].long()
         wrong = (preds != labels).nonzero().flatten().tolist()
-        accs = [final - 0.3, final + 0.1, final]
-        runs.append({"seed": seed, "status": "ok", "epochs": [
+        accs = [final - 0.3, final + 0.1, final, final][:epochs - 1] + [final]
+        lrs = [0.05, 0.1, 0.01, 0.001][:epochs - 1] + [1e-6]
+        runs.append({"seed": seed, "status": "ok", "pack_size": 1, "epochs": [
             {"epoch": e + 1, "train_loss": 0.1 / (e + 1), "penalty": 0.01, "train_acc": 98.0, "test_loss": 0.05 / (e + 1),
-             "test_acc": a, "lr": 0.01, "seconds": 10.0} for e, a in enumerate(accs)],
+             "test_acc": a, "lr": lr, "momentum": 0.9, "seconds": 10.0,
+             "weight_norm": {k: v * (1 + 0.2 * (epochs - 1 - e)) for k, v in norms.items()}}
+            for e, (a, lr) in enumerate(zip(accs, lrs))],
             "final_test_acc": final, "test_correct": 0, "best_test_acc": max(accs), "best_epoch": 2,
-            "first_epoch_at_99_4": None, "misclassified": [{"index": i, "label": int(labels[i]), "pred": int(preds[i])}
-                                                           for i in wrong],
-            "checkpoint": os.path.relpath(ckpt, ROOT)})
-    t = torch.tensor(list(finals.values()), dtype=torch.float64)
-    result = {"schema": 1, "variant": variant, "config": cfg,
+            "first_epoch_at_99_4": None, "near_zero_fraction": model.near_zero_fraction(net.state_dict()),
+            "misclassified": [{"index": i, "label": int(labels[i]), "pred": int(preds[i])} for i in wrong],
+            "checkpoint": os.path.relpath(ckpt, ROOT), "env": {"command": "synthetic", "device": "cpu"}})
+    result = {"schema": results.SCHEMA, "variant": variant, "config": cfg,
               "env": {"command": "synthetic", "device": "cpu", "git_commit": None, "torch": torch.__version__},
-              "runs": runs, "summary": {"final_test_acc_mean": t.mean().item(), "final_test_acc_std": t.std().item(),
-                                        "final_test_acc_min": t.min().item(), "final_test_acc_max": t.max().item(),
-                                        "seeds": list(finals), "diverged": []}}
-    json.dump(result, open(os.path.join(folder, f"{variant}.json"), "w"))
+              "runs": runs, "summary": results.summarize(runs)}
+    with open(os.path.join(folder, f"{variant}.json"), "w") as f:
+        json.dump(result, f)
     return result
 
 
@@ -57,16 +66,64 @@ def two_variants(tmp_path, mnist):
     return tmp_path
 
 
+def width(path):
+    return matplotlib.image.imread(path).shape[1]
+
+
+def report_lines(folder):
+    """REPORT.md without its header row, which names the '±' column."""
+    return [line for line in (folder / "REPORT.md").read_text().splitlines() if not line.startswith("| variant |")]
+
+
+# -----------------------------------------------------------------------------
+# what is rendered
+
 def test_renders_every_file(two_variants):
     """Two variants x two seeds render loss, accuracy, both grids and the report, each a real file."""
     plot.main(["--results", str(two_variants), "--data", DATA])
     for name in ["loss.png", "accuracy.png", "misclassified_none.png", "misclassified_l1.png", "REPORT.md"]:
-        assert os.path.getsize(two_variants / name) > 1000, name
-    import matplotlib.image
+        assert os.path.getsize(two_variants / name) > 1000, f"{name}: {os.path.getsize(two_variants / name)} bytes"
     h, w = matplotlib.image.imread(two_variants / "misclassified_l1.png").shape[:2]
     assert h >= 500 and w >= 500, f"grid is {w}x{h} pixels, < 500x500"
     assert not [f for f in os.listdir(two_variants) if ".tmp" in f], "temporary files left behind"
 
+
+def test_new_figures_render(two_variants):
+    """Weights, norms and paired differences render from two variants x two seeds, each at least 400 px wide."""
+    plot.main(["--results", str(two_variants), "--data", DATA])
+    widths = {name: width(two_variants / name) for name in ["weights.png", "norms.png", "differences.png"]}
+    assert min(widths.values()) >= 400, f"widths {widths} px, want >= 400"
+
+
+def test_norms_skip_files_without_weight_norm(two_variants):
+    """Epochs without weight_norm (files from before it was recorded) leave norms.png out instead of crashing."""
+    for name in ("none", "l1"):
+        r = json.loads((two_variants / f"{name}.json").read_text())
+        for run in r["runs"]:
+            for e in run["epochs"]:
+                del e["weight_norm"]
+        (two_variants / f"{name}.json").write_text(json.dumps(r))
+    plot.main(["--results", str(two_variants), "--data", DATA])
+    assert not (two_variants / "norms.png").exists()
+    assert (two_variants / "weights.png").exists() and (two_variants / "differences.png").exists()
+
+
+def test_default_folders_are_the_repositorys():
+    """Left at their defaults, --results and --data are the repository's folders, not the working directory's."""
+    args, _ = plot.parse_args([])
+    assert (args.results, args.data) == (os.path.join(ROOT, "results"), os.path.join(ROOT, "data")), vars(args)
+
+
+def test_another_working_directory_gets_no_data_folder(two_variants):
+    """plot.py started from another folder reads MNIST from the repository and creates no data/ there."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), "--results", str(two_variants)],
+                       cwd=two_variants, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not (two_variants / "data").exists(), os.listdir(two_variants)
+
+
+# -----------------------------------------------------------------------------
+# the report
 
 def test_report_numbers_equal_the_json(two_variants):
     """The report's mean ± std, min and paired difference are those of the JSON, to two decimals."""
@@ -79,28 +136,44 @@ def test_report_numbers_equal_the_json(two_variants):
     assert "not distinguishable from noise" in text
 
 
-def test_paired_interval_on_known_numbers():
-    """Mean difference 1.0 with sd 1.0 over 5 pairs: t(4) = 2.776 gives 1.0 ± 1.2415."""
-    mean, lo, hi = plot.paired_interval([1.0, 2.0, 3.0, 1.0, 3.0], [0.5, 0.5, 1.0, 1.0, 2.0])
-    d = torch.tensor([0.5, 1.5, 2.0, 0.0, 1.0], dtype=torch.float64)
-    half = 2.776 * d.std().item() / 5 ** 0.5
-    assert mean == pytest.approx(1.0) and lo == pytest.approx(1.0 - half) and hi == pytest.approx(1.0 + half)
-    assert plot.paired_interval([1.0], [0.5])[1] is None
+def test_report_refuses_runs_trained_differently(tmp_path, mnist):
+    """A variant trained for other epochs than none is not compared: REPORT.md says why and gives no difference."""
+    make_result(str(tmp_path), "none", {0: 99.40, 1: 99.30}, mnist)
+    make_result(str(tmp_path), "l1", {0: 99.50, 1: 99.45}, mnist, l1=1e-5, epochs=4)
+    plot.main(["--results", str(tmp_path), "--data", DATA])
+    line = next(line for line in report_lines(tmp_path) if line.startswith("- **l1**"))
+    assert "cannot be compared" in line and "epochs" in line, line
+    assert "points" not in line and "interval" not in line, line
+    assert width(tmp_path / "differences.png") >= 400  # rendered, with l1 left out and a note saying why
 
+
+def test_one_seed_has_no_plus_minus(tmp_path, mnist):
+    """A single seed is printed as '99.50 (1 seed)', never as '± 0.00'."""
+    make_result(str(tmp_path), "none", {0: 99.40}, mnist)
+    make_result(str(tmp_path), "l1", {0: 99.50}, mnist, l1=1e-5)
+    plot.main(["--results", str(tmp_path), "--data", DATA])
+    lines = report_lines(tmp_path)
+    assert not [line for line in lines if "±" in line], [line for line in lines if "±" in line]
+    row = next(line for line in lines if line.startswith("| l1 |"))
+    assert "| 99.50 (1 seed) |" in row, row
+
+
+# -----------------------------------------------------------------------------
+# what is refused
 
 def test_misclassified_list_must_match_checkpoint(two_variants):
     """A JSON whose misclassified list disagrees with its checkpoint is an error, not a wrong picture."""
     path = two_variants / "l1.json"
     r = json.loads(path.read_text())
-    r["runs"][0]["misclassified"] = r["runs"][0]["misclassified"][1:]
+    r["runs"][1]["misclassified"] = r["runs"][1]["misclassified"][1:]
     path.write_text(json.dumps(r))
-    with pytest.raises(plot.ResultsError, match="disagrees with"):
+    with pytest.raises(results.ResultsError, match="seed 1 disagrees with"):
         plot.render(str(two_variants), DATA)
 
 
 @pytest.mark.parametrize("content,message", [
-    ("", "not valid JSON"), ("{broken", "not valid JSON"), ('{"schema": 99, "runs": []}', "unknown schema 99"),
-    ('[1, 2]', "unknown schema"), ('{"schema": 1}', "no runs"),
+    ("", "not valid JSON"), ("{broken", "not valid JSON"), ('{"schema": 99, "runs": []}', "schema 99"),
+    ('[1, 2]', "schema None"), ('{"schema": 2}', "no runs"),
 ])
 def test_bad_json_is_a_one_line_error(tmp_path, content, message):
     """A malformed JSON gives one line naming the file and exit 2; no figure is written."""
@@ -108,7 +181,7 @@ def test_bad_json_is_a_one_line_error(tmp_path, content, message):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), "--results", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "l1.json" in r.stderr and message in r.stderr
+    assert "l1.json" in r.stderr and message in r.stderr, r.stderr
     assert os.listdir(tmp_path) == ["l1.json"]
 
 
@@ -119,6 +192,14 @@ def test_empty_results_folder(tmp_path, capsys):
     assert e.value.code == 2 and "make l1" in capsys.readouterr().err
 
 
+def test_missing_data_folder_is_refused(two_variants, capsys):
+    """A --data folder that does not exist is a one-line error, not a download into a new folder."""
+    with pytest.raises(SystemExit) as e:
+        plot.main(["--results", str(two_variants), "--data", str(two_variants / "nodata")])
+    assert e.value.code == 2 and "not a directory" in capsys.readouterr().err
+    assert not (two_variants / "nodata").exists()
+
+
 def test_diverged_run_is_shown_not_fatal(tmp_path, mnist):
     """A variant whose seeds all diverged renders as "diverged" in the report instead of crashing plot.py."""
     make_result(str(tmp_path), "none", {0: 99.40, 1: 99.30}, mnist)
@@ -127,9 +208,8 @@ def test_diverged_run_is_shown_not_fatal(tmp_path, mnist):
         run.update(status="diverged", diverged_epoch=2)
         run["epochs"][1].update(train_loss=None, test_loss=None)
         del run["epochs"][2]
-    r["summary"].update(final_test_acc_mean=None, final_test_acc_std=None, final_test_acc_min=None,
-                        final_test_acc_max=None, diverged=[0, 1])
-    json.dump(r, open(tmp_path / "l2.json", "w"))
+    r["summary"] = results.summarize(r["runs"])
+    (tmp_path / "l2.json").write_text(json.dumps(r))
     plot.main(["--results", str(tmp_path), "--data", DATA])
     row = next(line for line in (tmp_path / "REPORT.md").read_text().splitlines() if line.startswith("| l2 |"))
-    assert "diverged" in row
+    assert "diverged" in row, row
