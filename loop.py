@@ -145,7 +145,10 @@ def train_pack(members, split, state_path, resume, env):
                                                 cycle_momentum=cfg.cycle_momentum, base_momentum=lo, max_momentum=hi)
     k = len(members)
     label = ", ".join(f"{m.name} seed {s}" for m, s in members)
-    histories, runs = [[] for _ in members], [{"seed": s, "status": "ok", "pack_size": k} for _, s in members]
+    # the drop probability the masks really use: "bytes" masks round p to a multiple of 1/256
+    p = model_lib.quantized_p(cfg.dropout) if cfg.dropout_masks == "bytes" else cfg.dropout
+    histories, runs = [[] for _ in members], [{"seed": s, "status": "ok", "pack_size": k, "dropout_p": p}
+                                              for _, s in members]
     signature = [results.comparable(asdict(m)) | {"seed": s, "device": cfg.device} for m, s in members]
     if resume and os.path.exists(state_path):
         try:  # RNG states must stay CPU byte tensors: load everything to the CPU, load_state_dict moves the rest

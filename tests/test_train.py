@@ -117,6 +117,8 @@ def test_json_schema_and_checkpoint(run_train, mnist):
             "misclassified", "checkpoint", "near_zero_fraction", "pack_size", "env"} <= set(run)
     assert [set(e) for e in run["epochs"]] == [{"epoch", *METRICS, "seconds"}] * 2
     assert run["epochs"][-1]["penalty"] > 0
+    # the dropout probability that really ran: exact with bernoulli masks, a multiple of 1/256 with bytes
+    assert run["dropout_p"] == (0.05 if res["config"]["dropout_masks"] == "bernoulli" else 13 / 256)
     net = Net()
     net.load_state_dict(torch.load(checkpoint(run), weights_only=True))
     x, y = mnist[2][:320], mnist[3][:320]
