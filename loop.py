@@ -2,6 +2,7 @@
 weights, data order, augmentation and dropout stream; the compiled step, an epoch, the evaluation, and per-epoch
 state for --resume. train.py decides what to train and where it goes; this module trains it.
 """
+import logging
 import math
 import os
 import time
@@ -53,6 +54,8 @@ def compile_problem(cfg):
         return None
     if cfg.dropout_masks == "bernoulli" and cfg.dropout:  # bernoulli_ on a torch.Generator breaks the graph
         return "--dropout-masks bernoulli draws inside the step, which torch.compile cannot trace"
+    # inductor's CPU build logs "No CUDA runtime is found" on every CPU-only machine: noise, not news
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         torch.compile(lambda t: t * 2 + 1)(torch.ones(3, device=cfg.device))
     except Exception as e:  # InductorError, CppCompileError, ...: whatever the reason, eager still works
