@@ -104,8 +104,8 @@ class PackedDropout(nn.Module):
         if not self.training or self.p == 0:
             return x
         if noise is not None:
-            threshold = round(self.p * NOISE_LEVELS)
-            return x * (noise >= threshold).to(x.dtype) * (NOISE_LEVELS / (NOISE_LEVELS - threshold))
+            q = quantized_p(self.p)  # the p that really runs, as the JSON records it
+            return x * (noise >= q * NOISE_LEVELS).to(x.dtype) * (1 / (1 - q))
         n, kc, h, w = x.shape
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and kc > 1 else torch.contiguous_format
         mask = [torch.empty((n, kc // self.k, h, w), device=x.device, dtype=x.dtype, memory_format=fmt)
@@ -124,7 +124,8 @@ class PackedNet(nn.Sequential):
 
     def __init__(self, k, dropout=0.05, norm="bn", virtual_batch=8):
         layers = OrderedDict()
-        for name, layer in Net(dropout, norm, virtual_batch).named_children():
+        one = Net(dropout, norm, virtual_batch)  # the template: K of its layers side by side
+        for name, layer in one.named_children():
             if isinstance(layer, nn.Conv2d):
                 layer = nn.Conv2d(layer.in_channels * k, layer.out_channels * k, layer.kernel_size,
                                   padding=layer.padding, groups=k, bias=False)
@@ -138,7 +139,7 @@ class PackedNet(nn.Sequential):
             layers[name] = layer
         super().__init__(layers)
         self.k, self.generators = k, None
-        self.drop_shapes = dropout_shapes(Net(dropout, norm, virtual_batch))  # [(C, H, W)] of one model
+        self.drop_shapes = dropout_shapes(one)  # [(C, H, W)] of one model
 
     def forward(self, x, noise=None):
         """x: (N, K, 28, 28) -> (N, K, 10); noise: PackedNet.draw_noise's list, one tensor per dropout layer."""
@@ -200,7 +201,10 @@ def weight_norms(net):
     return [{name: norms[i] for name, norms in per_layer.items()} for i in range(net.k)]
 
 
-def near_zero_fraction(state_dict, rel=0.01):
+NEAR_ZERO = 0.01  # a weight is "near zero" when |w| < 1% of the largest |w| of its own layer
+
+
+def near_zero_fraction(state_dict, rel=NEAR_ZERO):
     """Fraction of all convolution weights with |w| < rel x the largest |w| of their own layer."""
     convs = [w for w in state_dict.values() if w.dim() == 4]
     small = sum((w.abs() < rel * w.abs().max()).sum().item() for w in convs)

@@ -20,7 +20,7 @@ import torch
 
 import data
 import results
-from model import Net
+from model import NEAR_ZERO, Net
 from regularizers import VARIANTS
 
 # a diverged run stops early: its missing epochs are NaN, and an all-NaN column is expected, not an error
@@ -30,7 +30,6 @@ BASE = "none"  # every paired difference is taken against this results file
 LAYERS = [f"conv{i}" for i in range(1, 10)]
 # conv1..conv8 feed ReLU -> BatchNorm, so the output ignores their scale; conv9 (the classifier) does not
 SCALE_INVARIANT = LAYERS[:-1]
-NEAR_ZERO = 0.01  # model.near_zero_fraction's rule: |w| < 1% of the largest |w| of its own layer
 
 
 def curves(result, key):
