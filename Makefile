@@ -1,11 +1,13 @@
 # The BN + L1/L2 MNIST study. `make help` lists the targets; variables are overridden on the command line:
 #   make l1 EPOCHS=15 SEEDS=0,1,2 DEVICE=cpu
 PY      := .venv/bin/python
-EPOCHS  ?= 20
-SEEDS   ?= 0
+EPOCHS  ?= 15
+SEEDS   ?= 0,1,2,3,4
 DEVICE  ?= auto
 RESULTS ?= results
 VARIANTS := none l1 l2 l1l2 gbn gbn_l1l2
+# the seeds of one variant train together in one grouped-conv graph (~20% faster per model on 2 cores); PACKED= trains them one by one
+PACKED  ?= --packed
 # lambda sweep on the validation split (last 10k training images): log-spaced, wide enough to see the fall-off
 SWEEP_L1     ?= 1e-6 1e-5 1e-4 1e-3
 SWEEP_L2     ?= 1e-5 1e-4 1e-3 1e-2
@@ -51,7 +53,7 @@ data: | .venv/ok
 ## none | l1 | l2 | l1l2 | gbn | gbn_l1l2: train one variant (always trains), e.g. make l1 EPOCHS=15 SEEDS=0,1,2
 $(VARIANTS): | .venv/ok
 	$(PY) model.py
-	$(PY) train.py --variant $@ --epochs $(EPOCHS) --seeds $(SEEDS) --device $(DEVICE) --out $(RESULTS)
+	$(PY) train.py --variant $@ --epochs $(EPOCHS) --seeds $(SEEDS) --device $(DEVICE) --out $(RESULTS) $(PACKED)
 
 ## sweep: choose lambda on the validation split; writes results/sweep/, sweep.json and sweep.png
 sweep: | .venv/ok
@@ -100,7 +102,7 @@ LAMBDA_L2 ?= 3e-5 1e-4 3e-4
 lambdas: | .venv/ok
 	$(foreach p,l1 l2,$(foreach l,$(LAMBDA_$(shell echo $(p) | tr a-z A-Z)),$(PY) train.py --variant $(p) --$(p) $(l) --val \
 	    --epochs $(RECIPE_EPOCHS) --seeds $(RECIPE_SEEDS) --device $(DEVICE) --out $(RESULTS)/recipe/lambda \
-	    --name $(p)-$(l) $(RECIPE_ARGS_$(RECIPE)) &&)) true
+	    --name $(p)-$(l) --packed $(RECIPE_ARGS_$(RECIPE)) &&)) true
 	$(PY) results.py recipe $(RESULTS)/recipe $(RECIPE_CANDIDATES)
 
 ## numerics: the fast path's numbers against the original fp32 eager path, on the validation split, 3 seeds
