@@ -146,6 +146,21 @@ def load(path):
     return r
 
 
+def load_recipe(folder):
+    """folder/recipe.json (written by `make recipe` / `make lambdas`), checked; None where there is none."""
+    path = os.path.join(folder, "recipe.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            r = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ResultsError(f"{path}: cannot be read ({type(e).__name__}); run `make recipe` again or move it away")
+    if not isinstance(r, dict) or not r.get("candidates") or "chosen" not in r:
+        raise ResultsError(f"{path}: no candidates or no chosen recipe; run `make recipe` again or move it away")
+    return r
+
+
 def load_folder(folder):
     """{name: result} for every <name>.json in folder that train.py wrote, in the variant table's order."""
     from regularizers import VARIANTS

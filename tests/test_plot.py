@@ -213,3 +213,30 @@ def test_diverged_run_is_shown_not_fatal(tmp_path, mnist):
     plot.main(["--results", str(tmp_path), "--data", DATA])
     row = next(line for line in (tmp_path / "REPORT.md").read_text().splitlines() if line.startswith("| l2 |"))
     assert "diverged" in row, row
+
+
+def test_report_shows_the_validation_search(two_variants):
+    """With a recipe.json beside the results, REPORT.md ends with the search and the lambda step, numbers as written."""
+    base = asdict(Config(variant="none", val=True))
+    recipe = {"schema": results.SCHEMA, "rule": "best mean", "chosen": "base", "lambda_rule": "largest within 0.05",
+              "candidates": [{"name": "base", "config": base, "seeds": [0, 1], "val_acc": [99.30, 99.40], "val_acc_mean": 99.35},
+                             {"name": "rot10", "config": base | {"rotate_deg": 10.0}, "seeds": [0, 1],
+                              "val_acc": [99.20, 99.30], "val_acc_mean": 99.25}],
+              "lambda_points": [{"penalty": "l1", "lambda": 3e-5, "seeds": [0, 1], "val_acc": [99.31, 99.33],
+                                 "val_acc_mean": 99.32}],
+              "lambdas": {"l1": 3e-5, "l2": None}}
+    (two_variants / "recipe.json").write_text(json.dumps(recipe))
+    plot.main(["--results", str(two_variants), "--data", DATA])
+    text = (two_variants / "REPORT.md").read_text()
+    assert "| base (chosen) | – | 2 | 99.30, 99.40 | 99.350 |" in text, text
+    assert "| rot10 | rotate_deg (7.0 -> 10.0) | 2 | 99.20, 99.30 | 99.250 |" in text, text
+    assert "| l1 | 3e-05 | 2 | 99.31, 99.33 | 99.320 |" in text and "Chosen: l1 = 3e-05, l2 = none passed." in text, text
+
+
+def test_damaged_recipe_json_is_a_one_line_error(two_variants):
+    """A recipe.json without candidates stops plot.py with one line naming it and the repair."""
+    (two_variants / "recipe.json").write_text('{"rule": "x"}')
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), "--results", str(two_variants), "--data", DATA],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "recipe.json" in r.stderr and "make recipe" in r.stderr, r.stderr
