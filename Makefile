@@ -24,7 +24,7 @@ ifeq ($(filter $(DEVICE),auto cpu cuda),)
 $(error DEVICE=$(DEVICE) must be one of: auto cpu cuda)
 endif
 
-.PHONY: help all data test bench plots sweep recipe lambdas numerics clean $(VARIANTS)
+.PHONY: help all data test bench plots verify sweep recipe lambdas numerics clean $(VARIANTS)
 
 ## help: list the targets
 help:
@@ -67,6 +67,10 @@ sweep: | .venv/ok
 ## plots: render figures and REPORT.md from what is in results/ (trains nothing)
 plots: | .venv/ok
 	$(PY) plot.py --results $(RESULTS)
+
+## verify: re-evaluate every checkpoint in results/ and compare with its JSON (accuracy and misclassified list)
+verify: | .venv/ok
+	$(PY) plot.py --verify --results $(RESULTS)
 
 ## test: the test suite on CPU (small real-MNIST slices; benchmarks skipped), under 10 minutes on 2 cores
 test: | .venv/ok

@@ -1,6 +1,7 @@
 """Render the study's figures and REPORT.md from results/*.json (and the checkpoints they name) alone; the only drawer.
 
     python plot.py [--results DIR] [--data DIR]
+    python plot.py --verify [--results DIR]    # re-evaluate every checkpoint against its JSON (make verify)
 writes loss.png, accuracy.png, differences.png, norms.png, weights.png, misclassified_<name>.png and REPORT.md
 (and sweep.png + sweep.json when DIR/sweep/ holds validation runs) into DIR, by default the repository's results/.
 Everything is rendered to temporary files first, then renamed.
@@ -211,11 +212,33 @@ def eval_images(result, data_dir):
     return (x[:cfg["test_limit"]], y[:cfg["test_limit"]]) if cfg["test_limit"] else (x, y)
 
 
+def misclassified(result, run, images, labels):
+    """Indices of the images a run's checkpoint gets wrong, re-evaluated now."""
+    return (predict(result, run, images) != labels.long()).nonzero().flatten().tolist()
+
+
+def verify(folder, data_dir):
+    """Every checkpoint named in folder re-evaluated: (lines to print, number of runs whose final accuracy or
+    misclassified list differs from their JSON's)."""
+    lines, bad, cache = [], 0, {}
+    for name, r in results.load_folder(folder).items():
+        key = (r["config"]["val"], r["config"]["test_limit"])
+        images, labels = cache[key] = cache.get(key) or eval_images(r, data_dir)
+        for run in ok_runs(r):
+            wrong = misclassified(r, run, images, labels)
+            acc = 100.0 * (len(labels) - len(wrong)) / len(labels)  # as loop.evaluate computes it
+            same = acc == run["final_test_acc"] and wrong == [m["index"] for m in run["misclassified"]]
+            bad += not same
+            lines.append(f"{name} seed {run['seed']}: {run['checkpoint']} -> {acc:.2f}% "
+                         f"({'equals' if same else 'DIFFERS FROM'} the JSON's {run['final_test_acc']:.2f}%)")
+    return lines, bad
+
+
 def plot_misclassified(name, result, images, labels, path):
     """5x5 grid of the first 25 misclassified images of the first seed; every seed's list is checked against
     its checkpoint first. False (no grid) when every seed diverged."""
     for run in ok_runs(result):
-        wrong = (predict(result, run, images) != labels.long()).nonzero().flatten().tolist()
+        wrong = misclassified(result, run, images, labels)
         if wrong != [m["index"] for m in run["misclassified"]]:
             raise results.ResultsError(f"{name}.json: misclassified list of seed {run['seed']} disagrees with "
                                        f"{run['checkpoint']} ({len(run['misclassified'])} listed, {len(wrong)} found)")
@@ -435,6 +458,8 @@ def parse_args(argv=None):
                    help="folder of <name>.json files; figures go there too (default: the repository's results/)")
     p.add_argument("--data", default=data.DEFAULT_ROOT,
                    help="MNIST folder, for the misclassified images (default: the repository's data/)")
+    p.add_argument("--verify", action="store_true",
+                   help="draw nothing: re-evaluate every checkpoint and compare with its JSON (exit 1 if any differs)")
     return p.parse_args(argv), p
 
 
@@ -446,6 +471,13 @@ def main(argv=None):
         p.exit(2, f"{p.prog}: error: --data {args.data} is not a directory; run `python data.py --data {args.data}` "
                   f"to fetch MNIST there\n")
     try:
+        if args.verify:
+            lines, bad = verify(args.results, args.data)
+            print("\n".join(lines))
+            if bad:
+                p.exit(1, f"{p.prog}: error: {bad} of {len(lines)} checkpoints do not re-evaluate to their JSON\n")
+            print(f"all {len(lines)} checkpoints re-evaluate to their JSON's final accuracy and misclassified list")
+            return
         written = render(args.results, args.data)
     except (results.ResultsError, data.DataError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")

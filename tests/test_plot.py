@@ -240,3 +240,18 @@ def test_damaged_recipe_json_is_a_one_line_error(two_variants):
                        capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "recipe.json" in r.stderr and "make recipe" in r.stderr, r.stderr
+
+
+def test_verify_reevaluates_every_checkpoint(run_train, tmp_path, capsys):
+    """`plot.py --verify` passes a real run and exits 1, naming the seed, once its JSON claims another accuracy."""
+    code, res = run_train("--variant", "none", "--epochs", "1", "--seeds", "0,1")
+    assert code == 0
+    plot.main(["--verify", "--results", str(tmp_path), "--data", DATA])
+    assert "all 2 checkpoints re-evaluate" in capsys.readouterr().out
+    res["runs"][1]["final_test_acc"] += 0.01
+    (tmp_path / "none.json").write_text(json.dumps(res))
+    with pytest.raises(SystemExit) as e:
+        plot.main(["--verify", "--results", str(tmp_path), "--data", DATA])
+    out, err = capsys.readouterr()
+    assert e.value.code == 1 and "1 of 2 checkpoints" in err, err
+    assert "none seed 1:" in out and "DIFFERS FROM" in out, out
