@@ -24,7 +24,7 @@ ifeq ($(filter $(DEVICE),auto cpu cuda),)
 $(error DEVICE=$(DEVICE) must be one of: auto cpu cuda)
 endif
 
-.PHONY: help all data test bench plots verify sweep recipe lambdas numerics clean $(VARIANTS)
+.PHONY: help all data test bench bench-gpu plots verify sweep recipe lambdas numerics clean $(VARIANTS)
 
 ## help: list the targets
 help:
@@ -79,10 +79,16 @@ verify: | .venv/ok
 test: | .venv/ok
 	$(PY) -m pytest -q --benchmark-skip tests
 
-## bench: forward / backward / step timings (pytest-benchmark) -> results/bench/
+## bench: forward / backward / step timings (pytest-benchmark) -> results/bench/ (CUDA rows too where there is a GPU)
 bench: | .venv/ok
 	mkdir -p $(RESULTS)/bench
 	$(PY) -m pytest -q --benchmark-only --benchmark-json=$(RESULTS)/bench/benchmark.json tests/test_bench.py
+
+## bench-gpu: with a GPU, the CUDA benchmarks and the GPU study only -> the gpu section of results/bench/summary.json
+bench-gpu: | .venv/ok
+	mkdir -p $(RESULTS)/bench
+	$(PY) -m pytest -q --benchmark-only --benchmark-json=$(RESULTS)/bench/benchmark-gpu.json -k "cuda or gpu_study" \
+	    tests/test_bench.py
 
 ## clean: remove the venv, caches and training state (keeps data/ and committed results)
 clean:

@@ -187,22 +187,26 @@ def to_float(x_uint8, normalize, dtype=torch.float32):
     return (x_uint8.unsqueeze(1).to(dtype).div_(255) - normalize["mean"]) / normalize["std"]
 
 
-def rotate(x, max_deg, gen):
-    """Rotate each image of x (N, 1, 28, 28) in [0, 1] by its own angle in [-max_deg, max_deg]."""
-    angle = (torch.rand(len(x), generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * math.radians(max_deg)
+def rotate(x, max_deg, gens):
+    """Rotate each image of x (N, K, 28, 28) in [0, 1] by its own angle in [-max_deg, max_deg]: the angles of
+    column k (model k's images) come from gens[k], its own generator; all K x N images in one grid_sample."""
+    n, k = x.shape[:2]
+    u = torch.stack([torch.rand(n, generator=g, device=x.device, dtype=x.dtype) for g in gens], 1)  # (N, K)
+    angle = ((u * 2 - 1) * math.radians(max_deg)).flatten()                       # image-major, as x.flatten(0, 1)
     cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (N, 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, align_corners=False)  # zero padding = the black background
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (N*K, 2, 3)
+    flat = x.reshape(n * k, 1, *x.shape[2:])
+    grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+    return F.grid_sample(flat, grid, align_corners=False).view(x.shape)  # zero padding = the black background
 
 
-def augment(x_uint8, normalize, rotate_deg, gen, dtype=torch.float32):
-    """A training batch: uint8 (N, 28, 28) -> rotated, normalised float (N, 1, 28, 28)."""
-    if not rotate_deg:
-        return to_float(x_uint8, normalize, dtype)
-    x = rotate(x_uint8.unsqueeze(1).to(dtype).div_(255), rotate_deg, gen)
+def augment(x_uint8, normalize, rotate_deg, gens, dtype=torch.float32):
+    """A training batch of K packed models: uint8 (N, K, 28, 28), column k model k's images -> rotated (angles
+    from gens[k]), normalised float (N, K, 28, 28). Per image exactly what the model computes alone (checked)."""
+    x = x_uint8.to(dtype).div_(255)
+    if rotate_deg:
+        x = rotate(x, rotate_deg, gens)
     return (x - normalize["mean"]) / normalize["std"]
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

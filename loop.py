@@ -67,14 +67,14 @@ def train_one_epoch(net, opt, sched, pack, train_x, train_y, cfg, desc):
     """One epoch of K packed models, each on its own data order and augmentation; returns (K,) metrics."""
     net.train()
     n, k, dev = len(train_x), net.k, train_x.device
-    orders = [torch.randperm(n, generator=g, device=dev) for g in pack["data_gens"]]
+    orders = torch.stack([torch.randperm(n, generator=g, device=dev) for g in pack["data_gens"]], 1)  # (n, K)
     # sums stay on the device; .item() forces a sync, so it is called once per epoch, not per step
     loss_sum, pen_sum, correct = [torch.zeros(k, device=dev, dtype=torch.float64) for _ in range(3)]
     for start in tqdm(range(0, n, cfg.batch_size), desc=desc, leave=False, disable=None):
-        idx = [o[start:start + cfg.batch_size] for o in orders]
-        x = torch.cat([data.augment(train_x[i], cfg.normalize, cfg.rotate_deg, g, DTYPES[cfg.dtype])
-                       for i, g in zip(idx, pack["data_gens"])], 1)                             # (B, K, 28, 28)
-        y = torch.stack([train_y[i] for i in idx], 1).long()                                    # (B, K)
+        # one gather and one rotation for all K models (a GPU pays per kernel launch, not per image)
+        idx = orders[start:start + cfg.batch_size]                                              # (B, K)
+        x = data.augment(train_x[idx], cfg.normalize, cfg.rotate_deg, pack["data_gens"], DTYPES[cfg.dtype])
+        y = train_y[idx].long()                                                                 # (B, K)
         noise = net.draw_noise(len(x)) if cfg.dropout_masks == "bytes" and cfg.dropout else None
         total, data_loss, pen, logits = pack["step"](net, x.contiguous(memory_format=memory_format(cfg)), y, noise,
                                                      pack["l1"], pack["l2"], cfg.precision == "bf16")

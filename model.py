@@ -155,16 +155,17 @@ class PackedNet(nn.Sequential):
                 m.generators = generators
 
     def draw_noise(self, n):
-        """Random bytes for every dropout layer of one step: per model one bulk draw from its own generator,
-        split into its layers' (N, C, H, W), then the K models side by side along channels."""
-        per_model = []
-        for g in self.generators:
-            sizes = [n * c * h * w for c, h, w in self.drop_shapes]
-            raw = torch.empty(-(-sum(sizes) // 7), dtype=torch.int64, device=g.device).random_(generator=g)
-            # random_() draws int64 in [0, 2^63): its top byte (the 8th, little-endian) has 7 random bits, skip it
-            raw = raw.view(torch.uint8).view(-1, 8)[:, :7].reshape(-1)[:sum(sizes)]
-            per_model.append([t.view(n, *shape) for t, shape in zip(raw.split(sizes), self.drop_shapes)])
-        return [torch.cat(layer, 1) if len(layer) > 1 else layer[0] for layer in zip(*per_model)]
+        """Random bytes for every dropout layer of one step: per model one bulk draw from its own generator
+        (one row of `raw`), split into its layers' (N, C, H, W), then the K models side by side along channels."""
+        k, shapes = len(self.generators), self.drop_shapes
+        sizes = [n * c * h * w for c, h, w in shapes]
+        raw = torch.empty(k, -(-sum(sizes) // 7), dtype=torch.int64, device=self.generators[0].device)
+        for row, g in zip(raw, self.generators):
+            row.random_(generator=g)
+        # random_() draws int64 in [0, 2^63): its top byte (the 8th, little-endian) has 7 random bits, skip it
+        raw = raw.view(torch.uint8).view(k, -1, 8)[:, :, :7].reshape(k, -1)[:, :sum(sizes)]
+        return [t.reshape(k, n, c, h, w).transpose(0, 1).reshape(n, k * c, h, w)
+                for t, (c, h, w) in zip(raw.split(sizes, 1), shapes)]
 
 
 def dropout_shapes(net):

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+import data
 from conftest import checkpoint
 from model import Net, PackedNet, count_params, pack, unpack
 
@@ -57,3 +58,22 @@ def test_packed_training_equals_solo(run_train, tmp_path, masks):
             wa, wb = (torch.load(checkpoint(r), weights_only=True) for r in (a, b))
             for k in wa:
                 torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-5, msg=lambda m: f"{name} seed {a['seed']} {k}: {m}")
+
+
+def test_pack_draws_what_each_model_draws_alone(mnist):
+    """One gather, one rotation and one byte buffer for a pack of 3 give model k, bit for bit, the images and the
+    dropout bytes it gets when trained alone (its own generators; a short batch of 24 included)."""
+    norm = {"mean": 0.1307, "std": 0.3081}
+    for n in (32, 24):
+        idx = torch.randint(0, 60000, (n, 3), generator=torch.Generator().manual_seed(n))
+        gens = lambda: [torch.Generator().manual_seed(s) for s in range(3)]
+        together = data.augment(mnist[0][idx], norm, 7.0, gens())
+        alone = [data.augment(mnist[0][idx[:, [k]]], norm, 7.0, [g]) for k, g in enumerate(gens())]
+        assert torch.equal(together, torch.cat(alone, 1))
+        packed, solo = PackedNet(3), [PackedNet(1) for _ in range(3)]
+        packed.set_dropout_generators(gens())
+        for net, g in zip(solo, gens()):
+            net.set_dropout_generators([g])
+        per_model = [net.draw_noise(n) for net in solo]
+        for layer, bytes_ in enumerate(packed.draw_noise(n)):
+            assert torch.equal(bytes_, torch.cat([m[layer] for m in per_model], 1))
