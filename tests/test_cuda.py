@@ -1,23 +1,18 @@
 """The CUDA path, run only where torch sees a GPU (skipped by CI's CPU machine): the same command twice gives the
 same numbers, packed models are the models trained alone, and a killed run resumes exactly, all on the GPU."""
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-import train
-from conftest import DATA, ROOT, checkpoint
+from conftest import DATA, checkpoint
 from test_packed import ARGS as FLOAT64_ARGS
-from test_train import FP32, metrics
+from test_train import FP32, TRAIN_PY, metrics, resume_equals_uninterrupted
 
 DEVICE = "cuda"
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-TRAIN_PY = os.path.join(ROOT, "train.py")
 SLICE = ["--train-limit", "2000", "--test-limit", "1000", "--device", DEVICE, "--data", DATA]
 
 
@@ -60,21 +55,4 @@ def test_packed_training_equals_solo_on_cuda(run_train, tmp_path, masks):
 def test_resume_after_sigkill_equals_uninterrupted_on_cuda(tmp_path):
     """A GPU run killed after its first epoch and resumed (CUDA generator states restored from the CPU bytes the
     state file holds) ends bit-identical to one never interrupted."""
-    args = ["--variant", "l1", "--epochs", "3", *SLICE, "--no-compile", *FP32]
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, TRAIN_PY, *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    state = killed / "state" / "l1-seed0.pt"
-    deadline = time.time() + 180
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert state.exists(), f"the run finished or failed before it could be killed: {proc.stderr.read()[-2000:]}"
-    assert train.main([*args, "--out", str(killed), "--resume"]) == 0
-    assert not state.exists(), "a finished run must remove its state"
-    assert train.main([*args, "--out", str(tmp_path / "whole")]) == 0
-    resumed, whole = (json.load(open(tmp_path / d / "l1.json")) for d in ("killed", "whole"))
-    assert metrics(resumed) == metrics(whole)
-    wa, wb = (torch.load(checkpoint(r["runs"][0]), weights_only=True) for r in (resumed, whole))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    resume_equals_uninterrupted(["--variant", "l1", "--epochs", "3", *SLICE, "--no-compile", *FP32], tmp_path, 180)

@@ -228,20 +228,19 @@ def test_val_never_reads_the_test_set(run_train, monkeypatch, mnist):
 # -----------------------------------------------------------------------------
 # resume: exact after a kill, refused where it would mix two runs
 
-def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
-    """A run killed (SIGKILL) after its first epoch and resumed ends bit-identical to one never interrupted."""
-    args = ["--variant", "l1", "--epochs", "3", "--train-limit", "640", "--test-limit", "160", "--device", "cpu",
-            "--data", DATA, "--no-compile", *FP32]
+def resume_equals_uninterrupted(args, tmp_path, timeout=120):
+    """Run train.py ARGS (variant l1, seed 0) as a program, SIGKILL it once its first epoch's state is saved,
+    finish it with --resume, run it again uninterrupted: the two must end bit-identical."""
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, TRAIN_PY, *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     state = killed / "state" / "l1-seed0.pt"
-    deadline = time.time() + 120
+    deadline = time.time() + timeout
     while not state.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert state.exists(), "the run finished or failed before it could be killed"
+    assert state.exists(), f"the run finished or failed before it could be killed: {proc.stderr.read()[-2000:]}"
     assert train.main([*args, "--out", str(killed), "--resume"]) == 0
     assert not state.exists(), "a finished run must remove its state"
     assert train.main([*args, "--out", str(tmp_path / "whole")]) == 0
@@ -249,6 +248,12 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     assert metrics(resumed) == metrics(whole)
     wa, wb = (torch.load(checkpoint(r["runs"][0]), weights_only=True) for r in (resumed, whole))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    """A run killed (SIGKILL) after its first epoch and resumed ends bit-identical to one never interrupted."""
+    resume_equals_uninterrupted(["--variant", "l1", "--epochs", "3", "--train-limit", "640", "--test-limit", "160",
+                                 "--device", "cpu", "--data", DATA, "--no-compile", *FP32], tmp_path)
 
 
 @pytest.fixture
