@@ -252,8 +252,8 @@ def main(argv=None):
                                          + "-".join(str(s) for s in dict.fromkeys(s for _, s in pack)) + ".pt")
     if args.resume and todo and not any(os.path.exists(state_of(p)) for p in packs):
         fail(2, f"--resume: no saved state for {', '.join(runs)} seeds {[s for _, s in todo]} in {out}/state")
-    # measured on the 2-core CPU machine: seconds per 60k-image model-epoch, solo or with seeds packed; Ghost BN ~1.3x
-    per_epoch = lambda c: (15 if cfg.packed and len(todo) > 1 else 20) * (1.3 if c.norm == "gbn" else 1)
+    # measured on the 2-core CPU machine: seconds per 60k-image model-epoch, solo or with seeds packed; Ghost BN ~1.5x
+    per_epoch = lambda c: (15 if cfg.packed and len(todo) > 1 else 20) * (1.5 if c.norm == "gbn" else 1)
     minutes = sum(per_epoch(c) for c, _ in todo) / 60 * len(split[0]) / 60000 * cfg.epochs
     pace = ("on a GPU, per-step overheads set the pace: an H200 took ~1.1 s per model-epoch with 20 models packed"
             if cfg.device == "cuda" else f"expect ~{minutes:.{0 if minutes >= 10 else 1}f} min on 2 CPU cores "
