@@ -240,12 +240,6 @@ def classic_epoch(device, mnist_root=DATA):
     return time.perf_counter() - t0
 
 
-def study_members(device, variants, seeds, epochs):
-    cfgs = train.parse_args(["--variant", ",".join(variants), "--device", device, "--epochs", str(epochs),
-                             "--packed", "--data", DATA])[0]
-    return cfgs, [(c, s) for c in cfgs for s in seeds]
-
-
 def profile_steps(members, mnist, device, steps=40):
     """Where a step of the packed study goes: its wall time, the GPU's busy time, and the CUDA runtime calls
     (kernel launches, copies, syncs) per step, from torch.profiler over `steps` steps after a warm-up."""
@@ -276,7 +270,9 @@ def gpu_study(mnist, device="cuda", variants=("none", "l1", "l2", "l1l2"), seeds
     """The study's four penalty variants x 5 seeds packed into one graph, `epochs` epochs, timed end to end
     (building the pack, compiling, training, evaluating every epoch; not the checkpoints, written to a temporary
     folder); then one classic model-epoch on the same device, multiplied out to the same models x epochs."""
-    cfgs, members = study_members(device, variants, seeds, epochs)
+    cfgs = train.parse_args(["--variant", ",".join(variants), "--device", device, "--epochs", str(epochs),
+                             "--packed", "--data", DATA])[0]
+    members = [(c, s) for c in cfgs for s in seeds]
     split = [t[:limit].to(device) for t in mnist]
     with tempfile.TemporaryDirectory() as tmp:
         sync(device)
