@@ -258,8 +258,11 @@ def main(argv=None):
     pace = ("on a GPU, per-step overheads set the pace: an H200 took ~1.1 s per model-epoch with 20 models packed"
             if cfg.device == "cuda" else f"expect ~{minutes:.{0 if minutes >= 10 else 1}f} min on 2 CPU cores "
             f"(~{per_epoch(cfg):.0f} s per model-epoch)")
-    tqdm.write(f"training {len(todo)} model(s) ({', '.join(f'{c.name}: l1={c.l1:g} l2={c.l2:g} norm={c.norm}' for c in cfgs)})"
-               f" x {cfg.epochs} epochs on {cfg.device}{', packed' if cfg.packed else ''}, {len(split[0]):,} train images; {pace}")
+    if todo:
+        tqdm.write(f"training {len(todo)} model(s) ({', '.join(f'{c.name}: l1={c.l1:g} l2={c.l2:g} norm={c.norm}' for c in cfgs)})"
+                   f" x {cfg.epochs} epochs on {cfg.device}{', packed' if cfg.packed else ''}, {len(split[0]):,} train images; {pace}")
+    else:
+        tqdm.write(f"nothing to train: every seed asked for is already in {out}")
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt
     for pack in packs:

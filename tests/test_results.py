@@ -76,7 +76,8 @@ def test_a_seed_already_present_is_kept(run_train, tmp_path, monkeypatch, capsys
     capsys.readouterr()
     never_train(monkeypatch)
     code, _ = run_train("--variant", "l1", *FAST, name="l1")
-    assert code == 0 and "kept" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert code == 0 and "kept" in out and "nothing to train" in out and "training 0" not in out
     assert snapshot(tmp_path) == before
 
 
