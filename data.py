@@ -208,6 +208,7 @@ def augment(x_uint8, normalize, rotate_deg, gens, dtype=torch.float32):
         x = rotate(x, rotate_deg, gens)
     return (x - normalize["mean"]) / normalize["std"]
 
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DEFAULT_ROOT, help="data folder; files go to <data>/MNIST/raw")

@@ -122,13 +122,19 @@ def test_lever(benchmark, lever, mnist):
                      "epoch_s": round(step_s * STEPS_PER_EPOCH + eval_s, 2), "args": " ".join(LEVER_ARGS[lever])}
 
 
+def classic_sets():
+    """The classic pipeline's data: torchvision's MNIST with per-image PIL transforms (train: RandomRotation)."""
+    import torchvision.transforms as T
+    from torchvision.datasets import MNIST
+    norm = T.Normalize((0.1307,), (0.3081,))
+    return (MNIST(DATA, train=True, transform=T.Compose([T.RandomRotation(7), T.ToTensor(), norm])),
+            MNIST(DATA, train=False, transform=T.Compose([T.ToTensor(), norm])))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_classic_step(benchmark, device):
     """Baseline: torchvision MNIST + DataLoader (RandomRotation, ToTensor, Normalize), one plain Net, batch 32."""
-    import torchvision.transforms as T
-    from torchvision.datasets import MNIST
-    tf = T.Compose([T.RandomRotation(7), T.ToTensor(), T.Normalize((0.1307,), (0.3081,))])
-    loader = torch.utils.data.DataLoader(MNIST(DATA, train=True, transform=tf), batch_size=32, shuffle=True)
+    loader = torch.utils.data.DataLoader(classic_sets()[0], batch_size=32, shuffle=True)
     net = Net().to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     batches = iter(loader)
@@ -213,14 +219,10 @@ def test_zz_summary(benchmark, mnist):
 # -----------------------------------------------------------------------------
 # the GPU study: what the project promises a GPU does, timed end to end against the classic loop on the same card
 
-def classic_epoch(device, mnist_root=DATA):
+def classic_epoch(device):
     """One model-epoch of the classic loop (pytorch/examples style): torchvision MNIST + DataLoader with
     RandomRotation/ToTensor/Normalize, one plain Net, batch 32, then the 10,000 test images at batch 1000."""
-    import torchvision.transforms as T
-    from torchvision.datasets import MNIST
-    norm = T.Normalize((0.1307,), (0.3081,))
-    train_set = MNIST(mnist_root, train=True, transform=T.Compose([T.RandomRotation(7), T.ToTensor(), norm]))
-    test_set = MNIST(mnist_root, train=False, transform=T.Compose([T.ToTensor(), norm]))
+    train_set, test_set = classic_sets()
     net = Net().to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     sync(device)
