@@ -2,6 +2,7 @@
 weights, data order, augmentation and dropout stream; the compiled step, an epoch, the evaluation, and per-epoch
 state for --resume. train.py decides what to train and where it goes; this module trains it.
 """
+import ctypes
 import logging
 import math
 import os
@@ -31,6 +32,21 @@ def seed_everything(seed):
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True)
+    # ...which also fills every new tensor with NaN, so that reading uninitialised memory would repeat; no kernel
+    # here reads it (the same-command tests would catch one that did), and the fills cost ~0.2 ms of a ~8 ms step
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def keep_freed_memory():
+    """Ask glibc to keep freed memory instead of handing blocks of 128 KB-32 MB back to the OS and mapping them
+    afresh, one page fault per 4 KB, on the next allocation: the evaluation (batches of 500) paid ~0.35 s per
+    epoch for that. Changes no number; a no-op where there is no glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: allocations up to 1 GiB come from the heap...
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: ...which keeps up to 1 GiB of free memory for the next one
 
 
 # -----------------------------------------------------------------------------
@@ -57,7 +73,7 @@ def compile_problem(cfg):
     # inductor's CPU build logs "No CUDA runtime is found" on every CPU-only machine: noise, not news
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
-        torch.compile(lambda t: t * 2 + 1)(torch.ones(3, device=cfg.device))
+        compiled(lambda t: t * 2 + 1, cfg.device)(torch.ones(3, device=cfg.device))
     except Exception as e:  # InductorError, CppCompileError, ...: whatever the reason, eager still works
         return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
     return None
@@ -116,6 +132,7 @@ def memory_format(cfg):
 def build_pack(members, device):
     """Initial weights, data generator and dropout generator of each member come from its seed alone."""
     cfg = members[0][0]
+    keep_freed_memory()
     state_dicts, data_gens, drop_gens = [], [], []
     for _, seed in members:
         seed_everything(seed)
@@ -133,7 +150,25 @@ def build_pack(members, device):
     lam = lambda key: (torch.tensor([getattr(m, key) for m, _ in members], device=device, dtype=DTYPES[cfg.dtype])
                        if any(getattr(m, key) for m, _ in members) else None)
     return net, {"data_gens": data_gens, "drop_gens": drop_gens, "l1": lam("l1"), "l2": lam("l2"),
-                 "step": torch.compile(step_loss, dynamic=False) if cfg.compile else step_loss}
+                 "step": compiled(step_loss, device) if cfg.compile else step_loss}
+
+
+def compiled(fn, device):
+    """torch.compile with static shapes; on the CPU the generated code is called from C++ (cpp_wrapper) rather than
+    Python: the same kernels, ~0.3 ms less per step of ~8, and the same cold compile time."""
+    return torch.compile(fn, dynamic=False, options={"cpp_wrapper": True} if device == "cpu" else None)
+
+
+def optimizer(net, cfg, steps_per_epoch):
+    """SGD with Nesterov momentum under OneCycle (lr up for cfg.warmup of the steps, then down; momentum against it)."""
+    lo, hi = cfg.momentum_range
+    # foreach: one call per update for all 21 tensors instead of a Python loop over them; the same kernels, same bits
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=hi if cfg.cycle_momentum else cfg.momentum,
+                          nesterov=True, foreach=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, epochs=cfg.epochs, pct_start=cfg.warmup,
+                                                steps_per_epoch=steps_per_epoch, cycle_momentum=cfg.cycle_momentum,
+                                                base_momentum=lo, max_momentum=hi)
+    return opt, sched
 
 
 def train_pack(members, split, state_path, resume, env):
@@ -141,11 +176,7 @@ def train_pack(members, split, state_path, resume, env):
     cfg = members[0][0]
     train_x, train_y, test_x, test_y = split
     net, pack = build_pack(members, cfg.device)
-    lo, hi = cfg.momentum_range
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=hi if cfg.cycle_momentum else cfg.momentum, nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, epochs=cfg.epochs, pct_start=cfg.warmup,
-                                                steps_per_epoch=math.ceil(len(train_x) / cfg.batch_size),
-                                                cycle_momentum=cfg.cycle_momentum, base_momentum=lo, max_momentum=hi)
+    opt, sched = optimizer(net, cfg, math.ceil(len(train_x) / cfg.batch_size))
     k = len(members)
     label = ", ".join(f"{m.name} seed {s}" for m, s in members)
     # the drop probability the masks really use: "bytes" masks round p to a multiple of 1/256

@@ -1,13 +1,15 @@
 """Benchmarks (pytest-benchmark; skipped by `make test`, run by `make bench`): forward, forward + backward and the
 compute step, one model at batch 32 and packs, on CPU and on CUDA when present; each speed lever of train.py on
-its own and all together in the real training loop; the classic torchvision + DataLoader pipeline as the
-baseline; one real epoch of the default path; on a GPU, the packed 20-model study. The GPU study (first) and the
+its own and all together in the real training loop, taken in turn with the classic torchvision + DataLoader step
+(the baseline); real epochs of the default path, run as a program; on a GPU, the packed 20-model study. The GPU study (first) and the
 CPU summary (last) each write their own section of results/bench/summary.json.
 Timings are recorded, never asserted; they mean something only on an otherwise idle machine."""
 import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -23,8 +25,8 @@ from model import Net
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 STEPS_PER_EPOCH = math.ceil(60000 / 32)
-LOOP_STEPS = 200           # steps of the real loop timed per lever
-MEANS, LEVERS = {}, {}      # test name -> mean seconds per call; lever -> its numbers, for the summary
+ROUNDS, CHUNK = 8, 25      # levers: each runs CHUNK real-loop steps in turn, ROUNDS times (200 steps each)
+MEANS, LEVERS = {}, {}      # test name -> median seconds per call; lever -> its numbers, for the summary
 # each lever switched on alone on top of the original path, then all together (= today's default path)
 ORIGINAL = ["--no-compile", "--precision", "fp32", "--dropout-masks", "bernoulli", "--eval-batch-size", "32"]
 LEVER_ARGS = {
@@ -49,7 +51,7 @@ def config(device, *args, variant="l1l2"):
 def setup(device, k, *args):
     cfg = config(device, *args)
     net, pack = loop.build_pack([(cfg, s) for s in range(k)], device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    opt, _ = loop.optimizer(net, cfg, STEPS_PER_EPOCH)
     x = torch.randn(32, k, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (32, k), device=device)
     return cfg, net, pack, opt, x, y
@@ -60,7 +62,7 @@ def record(benchmark, name, fn, device, rounds=20):
         fn()
         sync(device)  # the GPU runs asynchronously: time the work, not the launch
     benchmark.pedantic(timed, rounds=rounds, iterations=5, warmup_rounds=2)
-    MEANS[name] = benchmark.stats.stats.mean
+    MEANS[name] = benchmark.stats.stats.median  # this VM's speed drifts by +-15% (host load): the median resists it
 
 
 def test_gpu_study(benchmark, mnist):
@@ -102,24 +104,43 @@ def test_compute_step(benchmark, device, k):
     record(benchmark, f"compute-{device}-{k}", step, device)
 
 
-@pytest.mark.parametrize("lever", list(LEVER_ARGS))
-def test_lever(benchmark, lever, mnist):
-    """One lever of train.py switched on alone (or all of them): LOOP_STEPS steps of the real training loop and
-    one evaluation of the 10,000 test images, one model on the CPU."""
-    cfg = config("cpu", *LEVER_ARGS[lever])
-    net, pack = loop.build_pack([(cfg, 0)], "cpu")
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.01, total_steps=10 * STEPS_PER_EPOCH)
-    train_x, train_y = mnist[0][:32 * LOOP_STEPS], mnist[1][:32 * LOOP_STEPS]
-    loop.train_one_epoch(net, opt, sched, pack, train_x[:640], train_y[:640], cfg, "warm-up")  # compiles here
-    benchmark.pedantic(lambda: loop.train_one_epoch(net, opt, sched, pack, train_x, train_y, cfg, lever),
-                       rounds=1, iterations=1)
-    step_s = benchmark.stats.stats.mean / LOOP_STEPS
-    t0 = time.perf_counter()
-    loop.evaluate(net, mnist[2], mnist[3], cfg)
-    eval_s = time.perf_counter() - t0
-    LEVERS[lever] = {"step_ms": round(1000 * step_s, 2), "eval_s": round(eval_s, 2),
-                     "epoch_s": round(step_s * STEPS_PER_EPOCH + eval_s, 2), "args": " ".join(LEVER_ARGS[lever])}
+def test_levers(benchmark, mnist):
+    """Each lever of train.py switched on alone, all of them (the default), and the classic step, one model on the
+    CPU, measured interleaved: CHUNK steps of each in turn, ROUNDS times, the median chunk per lever. This VM's
+    speed drifts by 20% from minute to minute; taken in turn, every lever sees the same drift. Then one
+    evaluation of the 10,000 test images per lever."""
+    train_x, train_y = mnist[0][:32 * CHUNK * ROUNDS], mnist[1][:32 * CHUNK * ROUNDS]
+    packs = {}
+    for lever, args in LEVER_ARGS.items():
+        cfg = config("cpu", *args)
+        net, pack = loop.build_pack([(cfg, 0)], "cpu")
+        opt, sched = loop.optimizer(net, cfg, STEPS_PER_EPOCH)
+        loop.train_one_epoch(net, opt, sched, pack, train_x[:640], train_y[:640], cfg, "warm-up")  # compiles here
+        packs[lever] = cfg, net, pack, opt, sched
+    classic = classic_step("cpu")
+    times = {lever: [] for lever in [*packs, "classic"]}
+    def rotation():
+        for r in range(ROUNDS):
+            x, y = train_x[r * 32 * CHUNK:(r + 1) * 32 * CHUNK], train_y[r * 32 * CHUNK:(r + 1) * 32 * CHUNK]
+            for lever in times:
+                t0 = time.perf_counter()
+                if lever == "classic":
+                    for _ in range(CHUNK):
+                        classic()
+                else:
+                    cfg, net, pack, opt, sched = packs[lever]
+                    loop.train_one_epoch(net, opt, sched, pack, x, y, cfg, lever)
+                times[lever].append((time.perf_counter() - t0) / CHUNK)
+    benchmark.pedantic(rotation, rounds=1, iterations=1)
+    for lever, (cfg, net, *_) in packs.items():
+        step_s = statistics.median(times[lever])
+        t0 = time.perf_counter()
+        loop.evaluate(net, mnist[2], mnist[3], cfg)
+        eval_s = time.perf_counter() - t0
+        LEVERS[lever] = {"step_ms": round(1000 * step_s, 2), "eval_s": round(eval_s, 2),
+                         "epoch_s": round(step_s * STEPS_PER_EPOCH + eval_s, 2), "args": " ".join(LEVER_ARGS[lever])}
+    LEVERS["classic"] = {"step_ms": round(1000 * statistics.median(times["classic"]), 2),
+                         "args": "torchvision MNIST + DataLoader (RandomRotation, ToTensor, Normalize), eager fp32"}
 
 
 def classic_sets():
@@ -131,13 +152,12 @@ def classic_sets():
             MNIST(DATA, train=False, transform=T.Compose([T.ToTensor(), norm])))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_classic_step(benchmark, device):
-    """Baseline: torchvision MNIST + DataLoader (RandomRotation, ToTensor, Normalize), one plain Net, batch 32."""
-    loader = torch.utils.data.DataLoader(classic_sets()[0], batch_size=32, shuffle=True)
+def classic_step(device):
+    """One step of the classic loop: torchvision MNIST + DataLoader (RandomRotation, ToTensor, Normalize), one plain
+    Net, batch 32, eager fp32."""
     net = Net().to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    batches = iter(loader)
+    batches = iter(torch.utils.data.DataLoader(classic_sets()[0], batch_size=32, shuffle=True))
     def step():
         x, y = next(batches)
         x, y = x.to(device), y.to(device)
@@ -145,7 +165,13 @@ def test_classic_step(benchmark, device):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    record(benchmark, f"classic-{device}", step, device, rounds=40)
+    return step
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_classic_step(benchmark, device):
+    """Baseline: the classic loop's step, on its own."""
+    record(benchmark, f"classic-{device}", classic_step(device), device, rounds=40)
 
 
 def matmul_tflops(dtype, n=2048, reps=5):
@@ -181,24 +207,21 @@ def merge_summary(section, numbers):
     results.write_json(path, summary | {section: numbers})
 
 
-def test_zz_summary(benchmark, mnist):
-    """One real epoch of train.py's default path (one model, after a warm-up that compiles), then the CPU summary."""
+def test_zz_summary(benchmark):
+    """Real epochs of train.py's default path, run as a user runs it (a fresh process, one model, 3 epochs; the
+    first compiles), each epoch's seconds read from its JSON; then the CPU summary."""
     if "compute-cpu-1" not in MEANS or "classic-cpu" not in MEANS:
         pytest.skip("the CPU summary needs the CPU compute and classic benchmarks of the same run")
-    cfg = config("cpu", "--epochs", "2")
-    split = [t for t in mnist]
-    net, pack = loop.build_pack([(cfg, 0)], "cpu")
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.95, nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, epochs=2, steps_per_epoch=STEPS_PER_EPOCH)
-    loop.train_one_epoch(net, opt, sched, pack, split[0][:640], split[1][:640], cfg, "warm-up")
-    def one_epoch():
-        loop.train_one_epoch(net, opt, sched, pack, split[0], split[1], cfg, "bench epoch")
-        loop.evaluate(net, split[2], split[3], cfg)
-    benchmark.pedantic(one_epoch, rounds=1, iterations=1)
-    epoch_s = benchmark.stats.stats.mean
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "train.py", "--variant", "l1l2", "--epochs", "3", "--device", "cpu",
+                   "--data", DATA, "--out", tmp]
+        benchmark.pedantic(lambda: subprocess.run(command, cwd=results.REPO, check=True, capture_output=True),
+                           rounds=1, iterations=1)
+        epochs = [e["seconds"] for e in json.load(open(os.path.join(tmp, "l1l2.json")))["runs"][0]["epochs"]]
+    epoch_s = statistics.median(epochs[1:])  # training + evaluating the 10,000 test images, after the compiling epoch
     flops = flops_per_training_image() * 60000
     fp32_peak, bf16_peak = matmul_tflops(torch.float32), matmul_tflops(torch.bfloat16)
-    cpu = {"epoch_s": round(epoch_s, 2),
+    cpu = {"epoch_s": round(epoch_s, 2), "train_py_epochs_s": epochs,
            "compute_epoch_s": round(MEANS["compute-cpu-1"] * STEPS_PER_EPOCH, 2),
            "classic_epoch_s": round(MEANS["classic-cpu"] * STEPS_PER_EPOCH, 2),
            "threads": torch.get_num_threads(), "steps_per_epoch": STEPS_PER_EPOCH,
@@ -206,11 +229,15 @@ def test_zz_summary(benchmark, mnist):
            "per_model_epoch_s_packed_5": round(MEANS["compute-cpu-5"] / 5 * STEPS_PER_EPOCH, 2),
            "training_tflop_per_epoch": round(flops / 1e12, 3),
            "matmul_peak_tflops": {"fp32": round(fp32_peak, 3), "bf16": round(bf16_peak, 3)},
-           "note": "epoch_s: one real epoch (train + evaluate 10k test images) of the default path, one model; "
-                   "compute and classic epochs = measured mean step time x steps per epoch; levers: "
-                   f"{LOOP_STEPS} real-loop steps x steps per epoch + one evaluation"}
+           "note": "epoch_s: `train.py --variant l1l2 --epochs 3` in a fresh process (the default path, one model): "
+                   "the median of epochs 2-3 as its JSON records them (training + evaluating 10k test images; "
+                   "epoch 1 compiles); compute and classic epochs = measured median step time x steps per epoch; "
+                   f"levers: median of {ROUNDS} interleaved chunks of {CHUNK} real-loop steps x steps per epoch + one "
+                   "evaluation; step_speedup_vs_classic_interleaved: the classic step over the default step, both "
+                   "from that interleaved run"}
     cpu["ratio_to_compute"] = round(cpu["epoch_s"] / cpu["compute_epoch_s"], 3)
     cpu["speedup_vs_classic"] = round(cpu["classic_epoch_s"] / cpu["epoch_s"], 2)
+    cpu["step_speedup_vs_classic_interleaved"] = round(LEVERS["classic"]["step_ms"] / LEVERS["all (default)"]["step_ms"], 2)
     cpu["flop_floor_s"] = {k: round(flops / (v * 1e12), 2) for k, v in cpu["matmul_peak_tflops"].items()}
     cpu["fraction_of_floor"] = {k: round(v / epoch_s, 3) for k, v in cpu["flop_floor_s"].items()}
     merge_summary("cpu", cpu)
@@ -247,8 +274,7 @@ def profile_steps(members, mnist, device, steps=40):
     (kernel launches, copies, syncs) per step, from torch.profiler over `steps` steps after a warm-up."""
     cfg = members[0][0]
     net, pack = loop.build_pack(members, device)
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=10 * steps)
+    opt, sched = loop.optimizer(net, cfg, steps)
     x, y = mnist[0][:32 * steps].to(device), mnist[1][:32 * steps].to(device)
     run = lambda: loop.train_one_epoch(net, opt, sched, pack, x, y, cfg, "profile")
     run()  # compiles
