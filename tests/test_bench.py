@@ -1,8 +1,8 @@
 """Benchmarks (pytest-benchmark; skipped by `make test`, run by `make bench`): forward, forward + backward and the
 compute step, one model at batch 32 and packs, on CPU and on CUDA when present; each speed lever of train.py on
 its own and all together in the real training loop, taken in turn with the classic torchvision + DataLoader step
-(the baseline); real epochs of the default path, run as a program; on a GPU, the packed 20-model study. The GPU study (first) and the
-CPU summary (last) each write their own section of results/bench/summary.json.
+(the baseline); real epochs of the default path, run as a program; on a GPU, the packed 20-model study. The GPU
+study (first) and the CPU summary (last) each write their own section of results/bench/summary.json.
 Timings are recorded, never asserted; they mean something only on an otherwise idle machine."""
 import json
 import math
@@ -210,8 +210,8 @@ def merge_summary(section, numbers):
 def test_zz_summary(benchmark):
     """Real epochs of train.py's default path, run as a user runs it (a fresh process, one model, 3 epochs; the
     first compiles), each epoch's seconds read from its JSON; then the CPU summary."""
-    if "compute-cpu-1" not in MEANS or "classic-cpu" not in MEANS:
-        pytest.skip("the CPU summary needs the CPU compute and classic benchmarks of the same run")
+    if "compute-cpu-1" not in MEANS or "classic-cpu" not in MEANS or "classic" not in LEVERS:
+        pytest.skip("the CPU summary needs the CPU compute, classic and lever benchmarks of the same run")
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "train.py", "--variant", "l1l2", "--epochs", "3", "--device", "cpu",
                    "--data", DATA, "--out", tmp]
@@ -237,7 +237,8 @@ def test_zz_summary(benchmark):
                    "from that interleaved run"}
     cpu["ratio_to_compute"] = round(cpu["epoch_s"] / cpu["compute_epoch_s"], 3)
     cpu["speedup_vs_classic"] = round(cpu["classic_epoch_s"] / cpu["epoch_s"], 2)
-    cpu["step_speedup_vs_classic_interleaved"] = round(LEVERS["classic"]["step_ms"] / LEVERS["all (default)"]["step_ms"], 2)
+    cpu["step_speedup_vs_classic_interleaved"] = round(LEVERS["classic"]["step_ms"] /
+                                                       LEVERS["all (default)"]["step_ms"], 2)
     cpu["flop_floor_s"] = {k: round(flops / (v * 1e12), 2) for k, v in cpu["matmul_peak_tflops"].items()}
     cpu["fraction_of_floor"] = {k: round(v / epoch_s, 3) for k, v in cpu["flop_floor_s"].items()}
     merge_summary("cpu", cpu)
