@@ -27,6 +27,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 STEPS_PER_EPOCH = math.ceil(60000 / 32)
 ROUNDS, CHUNK = 8, 25      # levers: each runs CHUNK real-loop steps in turn, ROUNDS times (200 steps each)
 MEANS, LEVERS = {}, {}      # test name -> median seconds per call; lever -> its numbers, for the summary
+PROFILE = {}                # where a default CPU step's time goes, for the summary
 # each lever switched on alone on top of the original path, then all together (= today's default path)
 ORIGINAL = ["--no-compile", "--precision", "fp32", "--dropout-masks", "bernoulli", "--eval-batch-size", "32"]
 LEVER_ARGS = {
@@ -178,6 +179,43 @@ def test_classic_step(benchmark, device):
     record(benchmark, f"classic-{device}", classic_step(device), device, rounds=40)
 
 
+# self time per step, by kind: the first kind with a pattern in the event's name wins; the rest is "other"
+PROFILE_KINDS = [("convolutions, forward (oneDNN)", ("aten::mkldnn_convolution",)),
+                 ("compiled max-pool backward", ("max_pool2d_with_indices_backward",)),
+                 ("convolutions, backward (oneDNN)", ("aten::convolution_backward",)),
+                 ("other compiled kernels (BatchNorm, ReLU, pools, dropout, loss, penalty)", ("graph_",)),
+                 ("dropout bytes: the draw", ("aten::random_",)),
+                 ("copies (byte compaction, casts, buffer updates)", ("aten::copy_",)),
+                 ("rotation (affine_grid + grid_sample)", ("aten::bmm", "aten::affine_grid", "aten::grid_sampler")),
+                 ("SGD + zero_grad", ("Optimizer.", "aten::_foreach")),
+                 ("guards of the compiled step", ("TorchDynamo Cache Lookup",))]
+
+
+def test_cpu_profile(benchmark, mnist, steps=100):
+    """Where a step of the default path goes on the CPU: torch.profiler over `steps` real-loop steps (one model),
+    self time per kind of work. Inductor records each of its kernels here (cpp.enable_kernel_profile) and is
+    called through its Python wrapper, because the C++ one hides the backward's calls: the same kernels, a
+    little more overhead."""
+    import torch._inductor.config as inductor_config
+    cfg = config("cpu")
+    net, pack = loop.build_pack([(cfg, 0)], "cpu")
+    opt, sched = loop.optimizer(net, cfg, STEPS_PER_EPOCH)
+    x, y = mnist[0][:32 * steps], mnist[1][:32 * steps]
+    with inductor_config.patch({"cpp.enable_kernel_profile": True}):
+        pack["step"] = torch.compile(loop.step_loss, dynamic=False, options={"cpp_wrapper": False})
+        loop.train_one_epoch(net, opt, sched, pack, x[:640], y[:640], cfg, "warm-up")  # compiles
+    with torch.profiler.profile() as prof:
+        benchmark.pedantic(lambda: loop.train_one_epoch(net, opt, sched, pack, x, y, cfg, "profile"),
+                           rounds=1, iterations=1)
+    other = "other (dispatch, Python, small ops)"
+    per_step = {kind: 0.0 for kind, _ in PROFILE_KINDS} | {other: 0.0}
+    for e in prof.key_averages():
+        kind = next((k for k, patterns in PROFILE_KINDS if any(p in e.key for p in patterns)), other)
+        per_step[kind] += e.self_cpu_time_total / 1000 / steps
+    PROFILE.update(step_ms=round(benchmark.stats.stats.median * 1000 / steps, 2),
+                   self_ms_per_step={k: round(v, 3) for k, v in per_step.items()})
+
+
 def matmul_tflops(dtype, n=2048, reps=5):
     """Measured throughput of one large matrix product: the CPU's practical peak for that dtype."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -229,7 +267,7 @@ def test_zz_summary(benchmark):
            "compute_epoch_s": round(MEANS["compute-cpu-1"] * STEPS_PER_EPOCH, 2),
            "classic_epoch_s": round(MEANS["classic-cpu"] * STEPS_PER_EPOCH, 2),
            "threads": torch.get_num_threads(), "steps_per_epoch": STEPS_PER_EPOCH,
-           "levers": LEVERS,
+           "levers": LEVERS, "profile": PROFILE,
            "per_model_epoch_s_packed_5": round(MEANS["compute-cpu-5"] / 5 * STEPS_PER_EPOCH, 2),
            "training_tflop_per_epoch": round(flops / 1e12, 3),
            "matmul_peak_tflops": {"fp32": round(fp32_peak, 3), "bf16": round(bf16_peak, 3)},
@@ -237,8 +275,10 @@ def test_zz_summary(benchmark):
                    "the median of epochs 2-3 as its JSON records them (training + evaluating 10k test images; "
                    "epoch 1 compiles); compute and classic epochs = measured median step time x steps per epoch; "
                    f"levers: median of {ROUNDS} interleaved chunks of {CHUNK} real-loop steps x steps per epoch + one "
-                   "evaluation; step_speedup_vs_classic_interleaved: the classic step over the default step, both "
-                   "from that interleaved run"}
+                   "evaluation; no_dropout: the default with --dropout 0, a bound, not a lever; "
+                   "step_speedup_vs_classic_interleaved: the classic step over the default step, both from that "
+                   "interleaved run; profile: self CPU time per step by kind, torch.profiler over 100 real-loop steps "
+                   "of the default path (inductor's kernel records on, its Python wrapper)"}
     cpu["ratio_to_compute"] = round(cpu["epoch_s"] / cpu["compute_epoch_s"], 3)
     cpu["speedup_vs_classic"] = round(cpu["classic_epoch_s"] / cpu["epoch_s"], 2)
     cpu["step_speedup_vs_classic_interleaved"] = round(LEVERS["classic"]["step_ms"] /
