@@ -23,8 +23,12 @@ endif
 ifeq ($(filter $(DEVICE),auto cpu cuda),)
 $(error DEVICE=$(DEVICE) must be one of: auto cpu cuda)
 endif
+# RESULTS is removed from by `make clean`: a path of plain characters, never empty, never the root
+ifeq ($(shell echo '$(RESULTS)' | grep -Ex '/?[A-Za-z0-9_.][A-Za-z0-9_./=-]*'),)
+$(error RESULTS='$(RESULTS)' must be a folder path of letters, digits and . _ / = - (no spaces), e.g. make l1 RESULTS=results/try)
+endif
 
-.PHONY: help all data test bench bench-gpu plots verify sweep recipe lambdas numerics clean $(VARIANTS)
+.PHONY: help all data test bench bench-gpu plots verify sweep recipe lambdas numerics datasize clean $(VARIANTS)
 
 ## help: list the targets
 help:
@@ -67,13 +71,14 @@ sweep: | .venv/ok
 	    --device $(DEVICE) --out $(RESULTS)/sweep --name l2-$$l || exit 1; done
 	$(MAKE) --no-print-directory plots
 
-## plots: render figures and REPORT.md from what is in results/ (trains nothing)
-plots: | .venv/ok
+## plots: verify every checkpoint, then render the figures and REPORT.md from what is in results/ (trains nothing)
+plots: verify
 	$(PY) plot.py --results $(RESULTS)
+	$(PY) report.py --results $(RESULTS)
 
-## verify: re-evaluate every checkpoint in results/ and compare with its JSON (accuracy and misclassified list)
+## verify: re-evaluate every checkpoint under results/ against its JSON (accuracy, misclassified list, hash, loss)
 verify: | .venv/ok
-	$(PY) plot.py --verify --results $(RESULTS)
+	$(PY) verify.py --results $(RESULTS)
 
 ## test: the test suite on CPU (small real-MNIST slices; benchmarks skipped), under 10 minutes on 2 cores
 test: | .venv/ok
@@ -90,9 +95,9 @@ bench-gpu: | .venv/ok
 	$(PY) -m pytest -q --benchmark-only --benchmark-json=$(RESULTS)/bench/benchmark-gpu.json -k "cuda or gpu_study" \
 	    tests/test_bench.py
 
-## clean: remove the venv, caches and training state (keeps data/ and committed results)
+## clean: remove the venv and caches (keeps data/, results/ and the state of interrupted runs)
 clean:
-	rm -rf .venv .pytest_cache .benchmarks __pycache__ tests/__pycache__ $(RESULTS)/state
+	rm -rf .venv .pytest_cache .benchmarks __pycache__ tests/__pycache__
 
 ## recipe: choose the training recipe on the validation split (candidates x RECIPE_SEEDS), then lambda; -> results/recipe.json
 # candidates from the fewest changes to the most: the rule in results.py breaks ties (within 0.05 points) by this order
@@ -117,6 +122,10 @@ lambdas: | .venv/ok
 	    --epochs $(RECIPE_EPOCHS) --seeds $(RECIPE_SEEDS) --device $(DEVICE) --out $(RESULTS)/recipe/lambda \
 	    --name $(p)-$(l) --packed $(RECIPE_ARGS_$(RECIPE)) &&)) true
 	$(PY) results.py recipe $(RESULTS)/recipe $(RECIPE_CANDIDATES)
+
+## datasize: the data-size study (datasize.py): per size, λ on the validation split, then 4 variants x 5 seeds; skips what is done
+datasize: | .venv/ok
+	$(PY) datasize.py all --device $(DEVICE)
 
 ## numerics: the fast path's numbers against the original fp32 eager path, on the validation split, 3 seeds
 NUMERICS_SEEDS ?= 0,1,2

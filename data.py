@@ -179,6 +179,22 @@ def data_sha256(digests):
     return hashlib.sha256("".join(digests[name] for name in FILES).encode()).hexdigest()
 
 
+def balanced_subset(labels, n, generator):
+    """Sorted indices of n/10 images of each class among `labels`, drawn without replacement by `generator`."""
+    picks = []
+    for c in range(10):
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < n // 10:
+            raise ValueError(f"a class-balanced subset of {n:,} needs {n // 10:,} images of class {c}; there are {len(idx):,}")
+        picks.append(idx[torch.randperm(len(idx), generator=generator)[:n // 10]])
+    return torch.cat(picks).sort().values
+
+
+def indices_sha256(idx):
+    """SHA-256 of an index tensor as int64 bytes: names a subset in the results JSON."""
+    return hashlib.sha256(idx.cpu().to(torch.int64).numpy().tobytes()).hexdigest()
+
+
 # -----------------------------------------------------------------------------
 # from uint8 to the net's input: normalisation and the augmentation, on whole batches on the data's device
 
@@ -187,12 +203,17 @@ def to_float(x_uint8, normalize, dtype=torch.float32):
     return (x_uint8.unsqueeze(1).to(dtype).div_(255) - normalize["mean"]) / normalize["std"]
 
 
+def rotation_angles(n, max_deg, gens, device, dtype):
+    """(N, K) angles in radians, uniform in [-max_deg, max_deg]; column k drawn from gens[k], model k's generator."""
+    u = torch.stack([torch.rand(n, generator=g, device=device, dtype=dtype) for g in gens], 1)
+    return (u * 2 - 1) * math.radians(max_deg)
+
+
 def rotate(x, max_deg, gens):
-    """Rotate each image of x (N, K, 28, 28) in [0, 1] by its own angle in [-max_deg, max_deg]: the angles of
-    column k (model k's images) come from gens[k], its own generator; all K x N images in one grid_sample."""
+    """Rotate each image of x (N, K, 28, 28) in [0, 1] by its own angle (rotation_angles); all K x N images in one
+    grid_sample."""
     n, k = x.shape[:2]
-    u = torch.stack([torch.rand(n, generator=g, device=x.device, dtype=x.dtype) for g in gens], 1)  # (N, K)
-    angle = ((u * 2 - 1) * math.radians(max_deg)).flatten()                       # image-major, as x.flatten(0, 1)
+    angle = rotation_angles(n, max_deg, gens, x.device, x.dtype).flatten()      # image-major, as x.flatten(0, 1)
     cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (N*K, 2, 3)
     flat = x.reshape(n * k, 1, *x.shape[2:])

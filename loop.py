@@ -3,6 +3,7 @@ weights, data order, augmentation and dropout stream; the compiled step, an epoc
 state for --resume. train.py decides what to train and where it goes; this module trains it.
 """
 import ctypes
+import hashlib
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ from tqdm import tqdm
 import data
 import model as model_lib
 import results
+import rules
 from regularizers import penalized, penalty
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -79,11 +81,32 @@ def compile_problem(cfg):
     return None
 
 
+def epoch_orders(pack, n, cfg):
+    """(M, K) indices into the training images for the next epoch: one pass in a fresh order per model (over its
+    own subset where it has one) or, with cfg.steps, the next steps/epochs full batches cut from a stream of
+    such passes (what is left over waits in pack["pending"] for the next segment)."""
+    gens, pool = pack["data_gens"], pack["subsets"]                                # pool: (N, K) or None
+
+    def one_pass():
+        perm = torch.stack([torch.randperm(n if pool is None else len(pool), generator=g, device=g.device)
+                            for g in gens], 1)
+        return perm if pool is None else pool.gather(0, perm)
+    if not cfg.steps:
+        return one_pass()
+    need = cfg.steps // cfg.epochs * cfg.batch_size
+    while len(pack["pending"]) < need:
+        pack["pending"] = torch.cat([pack["pending"], one_pass()])
+    orders, pack["pending"] = pack["pending"][:need], pack["pending"][need:]
+    return orders
+
+
 def train_one_epoch(net, opt, sched, pack, train_x, train_y, cfg, desc):
-    """One epoch of K packed models, each on its own data order and augmentation; returns (K,) metrics."""
+    """One epoch (or one segment of cfg.steps) of K packed models, each on its own data order and augmentation;
+    returns (K,) metrics."""
     net.train()
-    n, k, dev = len(train_x), net.k, train_x.device
-    orders = torch.stack([torch.randperm(n, generator=g, device=dev) for g in pack["data_gens"]], 1)  # (n, K)
+    k, dev = net.k, train_x.device
+    orders = epoch_orders(pack, len(train_x), cfg)                                              # (n, K)
+    n = len(orders)
     # sums stay on the device; .item() forces a sync, so it is called once per epoch, not per step
     loss_sum, pen_sum, correct = [torch.zeros(k, device=dev, dtype=torch.float64) for _ in range(3)]
     for start in tqdm(range(0, n, cfg.batch_size), desc=desc, leave=False, disable=None):
@@ -129,8 +152,9 @@ def memory_format(cfg):
 # -----------------------------------------------------------------------------
 # one pack: K (config, seed) members trained together; each keeps its own weights and random streams
 
-def build_pack(members, device):
-    """Initial weights, data generator and dropout generator of each member come from its seed alone."""
+def build_pack(members, device, subsets=None):
+    """Initial weights, data generator and dropout generator of each member come from its seed alone; subsets,
+    where given, are each member's training indices (all of one size)."""
     cfg = members[0][0]
     keep_freed_memory()
     state_dicts, data_gens, drop_gens = [], [], []
@@ -150,7 +174,20 @@ def build_pack(members, device):
     lam = lambda key: (torch.tensor([getattr(m, key) for m, _ in members], device=device, dtype=DTYPES[cfg.dtype])
                        if any(getattr(m, key) for m, _ in members) else None)
     return net, {"data_gens": data_gens, "drop_gens": drop_gens, "l1": lam("l1"), "l2": lam("l2"),
-                 "step": compiled(step_loss, device) if cfg.compile else step_loss}
+                 "step": compiled(step_loss, device) if cfg.compile else step_loss,
+                 "subsets": torch.stack(subsets, 1).to(device) if subsets else None,
+                 "pending": torch.empty((0, len(members)), dtype=torch.int64, device=device)}
+
+
+def model_memory(cfg):
+    """Bytes one more model in a pack costs: ~87 MB measured (peak RSS of 1 vs 10 packed models, 10,000 evaluation
+    images), most of it the evaluation's activations, so it grows with an eval batch above 500."""
+    return 87e6 * max(1.0, cfg.eval_batch_size / 500)
+
+
+def pack_memory(k, cfg):
+    """Bytes a pack of k models needs: ~1 GB for torch, the compiled step and the data (measured), then per model."""
+    return 1.0e9 + k * model_memory(cfg)
 
 
 def compiled(fn, device):
@@ -171,30 +208,68 @@ def optimizer(net, cfg, steps_per_epoch):
     return opt, sched
 
 
-def train_pack(members, split, state_path, resume, env):
+def state_path(folder, members):
+    """state/<name>@<seed>,<seed>+<name>@<seed>.pt for the (name, seed) members of a pack: one file per set of
+    members (names cannot contain @ , +); a very long set is shortened to its first name and a hash."""
+    by_name = {}
+    for name, seed in members:
+        by_name.setdefault(name, []).append(str(seed))
+    stem = "+".join(f"{n}@{','.join(s)}" for n, s in by_name.items())
+    if len(stem) > 200:
+        stem = f"{members[0][0]}@{hashlib.sha256(stem.encode()).hexdigest()[:16]}"
+    return os.path.join(folder, "state", stem + ".pt")
+
+
+def state_members(path):
+    """[(name, seed)] a state file's name spells out (None for a shortened one)."""
+    stem = os.path.basename(path)[:-3]
+    try:
+        return [(n, int(s)) for part in stem.split("+") for n, seeds in [part.split("@")] for s in seeds.split(",")]
+    except ValueError:
+        return None
+
+
+def signature(members, device):
+    """What a state file must match to be resumed: each member's name, seed and config that decides its numbers."""
+    return [rules.comparable(asdict(m)) | {"name": m.name, "seed": s, "device": device} for m, s in members]
+
+
+def load_state(state_path, members, device):
+    """A saved state of exactly these members, or ValueError naming the file and what differs."""
+    try:  # RNG states must stay CPU byte tensors: load everything to the CPU, load_state_dict moves the rest
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, or not a state file at all
+        raise ValueError(f"{state_path} is damaged ({type(e).__name__}); delete it to train those seeds from the start")
+    want, have = signature(members, device), state.get("members") or [{}]
+    if want != have:
+        diff = sorted({f"{k} ({h.get(k)!r} -> {w.get(k)!r})" for w, h in zip(want, have + [{}] * len(want))
+                       for k in set(w) | set(h) if w.get(k) != h.get(k)})
+        raise ValueError(f"{state_path} was saved by another config: {', '.join(diff) or 'other members'}; run that "
+                         f"command with --resume, or delete the file to start afresh")
+    return state
+
+
+def train_pack(members, split, state_path, resume, env, subsets=None):
     """Train K members for cfg.epochs; save state after every epoch; return (run entries, weights per member)."""
     cfg = members[0][0]
     train_x, train_y, test_x, test_y = split
-    net, pack = build_pack(members, cfg.device)
-    opt, sched = optimizer(net, cfg, math.ceil(len(train_x) / cfg.batch_size))
+    net, pack = build_pack(members, cfg.device, subsets)
+    per_epoch = cfg.steps // cfg.epochs if cfg.steps else math.ceil(len(subsets[0] if subsets else train_x) / cfg.batch_size)
+    opt, sched = optimizer(net, cfg, per_epoch)
     k = len(members)
     label = ", ".join(f"{m.name} seed {s}" for m, s in members)
     # the drop probability the masks really use: "bytes" masks round p to a multiple of 1/256
     p = model_lib.quantized_p(cfg.dropout) if cfg.dropout_masks == "bytes" else cfg.dropout
     histories, runs = [[] for _ in members], [{"seed": s, "status": "ok", "pack_size": k, "dropout_p": p}
                                               for _, s in members]
-    signature = [results.comparable(asdict(m)) | {"seed": s, "device": cfg.device} for m, s in members]
+    for run, idx in zip(runs, subsets or []):  # which images each seed trained on, by hash
+        run.update(train_images=len(idx), train_subset_sha256=data.indices_sha256(idx))
     if resume and os.path.exists(state_path):
-        try:  # RNG states must stay CPU byte tensors: load everything to the CPU, load_state_dict moves the rest
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated, or not a state file at all
-            raise ValueError(f"{state_path} is damaged ({type(e).__name__}); delete it to train that seed from the start")
-        if state.get("members") != signature:
-            raise ValueError(f"{state_path} was saved by a different config or device; delete it or drop --resume")
+        state = load_state(state_path, members, cfg.device)
         net.load_state_dict(state["model"]); opt.load_state_dict(state["opt"]); sched.load_state_dict(state["sched"])
         for g, st in zip(pack["data_gens"] + pack["drop_gens"], state["rng"]):
             g.set_state(st)
-        histories, runs = state["histories"], state["runs"]
+        histories, runs, pack["pending"] = state["histories"], state["runs"], state["pending"].to(cfg.device)
         tqdm.write(f"{label}: resumed after epoch {len(histories[0])}")
     for epoch in range(len(histories[0]) + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -209,6 +284,7 @@ def train_pack(members, split, state_path, resume, env):
             finite = lambda v: v if math.isfinite(v) else None  # JSON has no NaN: a diverged loss is null
             histories[i].append({"epoch": epoch, "train_loss": finite(train_loss[i]), "penalty": finite(pen[i]),
                                  "train_acc": train_acc[i], "test_loss": finite(test_loss[i]), "test_acc": test_acc[i],
+                                 **({"step": epoch * per_epoch} if cfg.steps else {}),
                                  "lr": sched.get_last_lr()[0], "momentum": momentum, "seconds": seconds,
                                  "weight_norm": {n: finite(v) for n, v in norms.items()}})
             tqdm.write(f"{m.name} seed {seed} epoch {epoch:2d}/{cfg.epochs}: train loss {train_loss[i]:.4f} "
@@ -219,9 +295,10 @@ def train_pack(members, split, state_path, resume, env):
                 tqdm.write(f"{m.name} seed {seed}: loss is not finite at epoch {epoch}: diverged")
         if all(r["status"] != "ok" for r in runs):
             break
-        results.save_torch(state_path, {"members": signature, "model": net.state_dict(), "opt": opt.state_dict(),
+        results.save_torch(state_path, {"members": signature(members, cfg.device), "model": net.state_dict(), "opt": opt.state_dict(),
                                         "sched": sched.state_dict(), "histories": histories, "runs": runs,
-                                        "rng": [g.get_state() for g in pack["data_gens"] + pack["drop_gens"]]})
+                                        "rng": [g.get_state() for g in pack["data_gens"] + pack["drop_gens"]],
+                                        "pending": pack["pending"].cpu()})
     _, final_acc, correct, preds = evaluate(net, test_x, test_y, cfg)
     weights = model_lib.unpack({key: v.cpu() for key, v in net.state_dict().items()}, k)  # plain Net state_dicts
     for i, (m, seed) in enumerate(members):
@@ -230,7 +307,7 @@ def train_pack(members, split, state_path, resume, env):
         wrong = (preds[i] != test_y.long()).nonzero().flatten().tolist()
         runs[i].update(epochs=histories[i], final_test_acc=final_acc[i], test_correct=correct[i],
                        best_test_acc=accs[best], best_epoch=best + 1, near_zero_fraction=model_lib.near_zero_fraction(weights[i]),
-                       first_epoch_at_99_4=next((h["epoch"] for h in histories[i] if h["test_acc"] >= 99.4), None),
+                       first_epoch_at_99_4=next((h["epoch"] for h in histories[i] if h["test_acc"] >= rules.AIM), None),
                        misclassified=[{"index": j, "label": int(test_y[j]), "pred": int(preds[i][j])} for j in wrong],
                        env=env | {"wall_s": round(sum(h["seconds"] for h in histories[i]), 1)})
     return runs, weights

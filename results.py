@@ -1,44 +1,68 @@
-"""The one owner of the results files: their schema, writing (a checkpoint and its JSON as one unit), locking,
-reading and validating, the per-variant summaries and the paired statistics.
+"""The one owner of the results files: their schema, atomic writing (a checkpoint and its JSON as one unit),
+locking, per-run state for --resume, reading and validating, the validation searches' files, migration.
 
-    results/<name>.json                    one variant: config, env, one run per seed, summary (schema 2)
-    results/<name>-seed<S>-<sha8>.pt       a run's final weights, a state_dict for model.Net; the JSON names it
-    results/<name>.lock                    held (flock) while a train.py writes <name>.json
-train.py writes through save(); plot.py reads through load_folder(). Nobody else writes results/*.json.
+    <folder>/<name>.json                   one variant: config, env, one run per seed, summary (schema 3)
+    <folder>/<name>-seed<S>-<sha8>.pt      a run's final weights, a state_dict for model.Net; the JSON names it
+                                           relative to its own folder, so a results folder can be copied or moved
+    <folder>/state/<name>@<seeds>.pt       the per-epoch state of an unfinished run (train.py --resume)
+    <folder>/<name>.lock                   held (flock) while a train.py writes <name>.json
+    <folder>/recipe.json, sweep.json       the validation searches: rules.py decides, this module writes
+    <folder>/REPORT.md, *.png              rendered by report.py and plot.py, written here by write_files()
+Nobody else writes into a results folder.
+
+    python results.py recipe results/recipe base nodrop rot10 constmom   # apply the rules -> results/recipe.json
+    python results.py migrate results/v1                                  # schema 2 files -> schema 3
 """
+import contextlib
 import fcntl
 import glob
 import hashlib
 import io
 import json
-import math
 import os
+import re
+import sys
 
-import numpy as np
 import torch
 
+import rules
+import stats
+
 REPO = os.path.dirname(os.path.abspath(__file__))
-SCHEMA = 2
-NOT_RESULTS = {"sweep.json", "recipe.json"}  # JSON files in results/ that describe several runs, not one variant
-# config keys that say where a run was written or which seeds it holds, not what was computed,
-# or how it was evaluated or packed (both change only the last bits of float sums: equally valid runs)
-NOT_COMPARED = {"seeds", "device", "data", "out", "name", "eval_batch_size", "packed"}
-# keys that may differ between two variants being compared: the penalty and the norm are the experiment
-EXPERIMENT = {"variant", "l1", "l2", "norm"}
-# two-sided 95% Student t quantiles by degrees of freedom; a normal 1.96 beyond the table
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+SCHEMA = 3
+# names a results folder keeps for itself: a run called so would collide with them
+RESERVED = {"recipe", "sweep", "choice", "summary", "benchmark", "benchmark-gpu", "state", "REPORT"}
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,99}")  # no '@', ',' or '+': they separate members in state names
 
 
 class ResultsError(Exception):
-    """A results file is missing, damaged, of an unknown schema, locked or would be overwritten; the message says
-    which file and the ways out."""
+    """A results file is missing, damaged, edited, of an unknown schema, locked or would be overwritten; the
+    message says which file and the ways out."""
+
+
+def check_name(name):
+    """None if `name` may name a results file, else why not."""
+    if not NAME.fullmatch(name):
+        return f"{name[:40]!r} must be 1-100 letters, digits and . _ = - (not starting with . _ = -)"
+    if name in RESERVED or name.endswith(".lock"):
+        return f"{name!r} is reserved by the results folder ({', '.join(sorted(RESERVED))})"
+    return None
 
 
 # -----------------------------------------------------------------------------
 # writing: a temporary file in the same folder, then os.replace, so a reader sees the old file or the new one
 
+def sweep_temporaries(folder):
+    """Remove the *.tmp<PID> files of processes that no longer run (a kill -9 leaves them behind)."""
+    for path in glob.glob(os.path.join(glob.escape(folder), "*.tmp[0-9]*")):
+        pid = int(re.search(r"\.tmp(\d+)$", path).group(1)) if re.search(r"\.tmp(\d+)$", path) else None
+        if pid and pid != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
 def atomic_write(path, write):
+    sweep_temporaries(os.path.dirname(path) or ".")
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         write(tmp)
@@ -46,17 +70,27 @@ def atomic_write(path, write):
     except OSError as e:  # a full disk reports no file name: name the one being written
         e.filename = e.filename or path
         raise
-    finally:
+    finally:  # every exit path, Ctrl-C and SIGTERM included (train.py turns SIGTERM into an exception)
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def write_json(path, obj):
+def write_bytes(path, blob):
     def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
-            f.write("\n")
+        with open(tmp, "wb") as f:
+            f.write(blob)
     atomic_write(path, write)
+
+
+def write_json(path, obj):
+    write_bytes(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
+
+
+def write_files(folder, blobs):
+    """{file name: bytes} into folder, each atomically (figures and REPORT.md: rendered first, written here)."""
+    for name, blob in blobs.items():
+        write_bytes(os.path.join(folder, name), blob)
+    return [os.path.join(folder, name) for name in blobs]
 
 
 def save_torch(path, obj):
@@ -64,20 +98,20 @@ def save_torch(path, obj):
     RuntimeError about stream positions, a plain write raises OSError(ENOSPC), which train.py explains."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(buf.getvalue())
-    atomic_write(path, write)
+    write_bytes(path, buf.getvalue())
 
 
 def checkpoint_name(name, seed, state_dict):
     """<name>-seed<S>-<first 8 hex of the weights' SHA-256>.pt: new weights never take an old file's name."""
+    return f"{name}-seed{seed}-{weights_sha256(state_dict)[:8]}.pt"
+
+
+def weights_sha256(state_dict):
     h = hashlib.sha256()
     for key, t in state_dict.items():
         h.update(key.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return f"{name}-seed{seed}-{h.hexdigest()[:8]}.pt"
+    return h.hexdigest()
 
 
 def save(folder, name, result, weights):
@@ -86,13 +120,12 @@ def save(folder, name, result, weights):
     leaves the old JSON with its old checkpoints or the new JSON with its new ones, plus at worst an orphan."""
     for run in result["runs"]:
         if run["seed"] in weights:
-            ckpt = os.path.join(folder, checkpoint_name(name, run["seed"], weights[run["seed"]]))
-            save_torch(ckpt, weights[run["seed"]])
-            run["checkpoint"] = os.path.relpath(os.path.abspath(ckpt), REPO)
+            run["checkpoint"] = checkpoint_name(name, run["seed"], weights[run["seed"]])
+            save_torch(os.path.join(folder, run["checkpoint"]), weights[run["seed"]])
     write_json(os.path.join(folder, f"{name}.json"), result)
-    named = {os.path.abspath(os.path.join(REPO, r["checkpoint"])) for r in result["runs"] if r.get("checkpoint")}
+    named = {r["checkpoint"] for r in result["runs"] if r.get("checkpoint")}
     for path in glob.glob(os.path.join(glob.escape(folder), f"{glob.escape(name)}-seed*.pt")):
-        if os.path.abspath(path) not in named and checkpoint_owner(path) == name:
+        if os.path.basename(path) not in named and checkpoint_owner(path) == name:
             os.remove(path)
 
 
@@ -103,213 +136,213 @@ def checkpoint_owner(path):
     return head if tail.split("-")[0].isdigit() else None
 
 
-class Lock:
-    """An exclusive flock on <folder>/<name>.lock while one train.py writes <name>.json; the kernel releases it
-    when the process dies, so a killed run never leaves a stale lock behind."""
-
-    def __init__(self, folder, name):
-        self.path = os.path.join(folder, f"{name}.lock")
-
-    def __enter__(self):
-        self.file = open(self.path, "a")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.close()
-            raise ResultsError(f"another train.py is writing {self.path[:-5]}.json right now (it holds {self.path}); "
-                               f"wait for it, or use another --name or --out")
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
+@contextlib.contextmanager
+def locked(folder, names):
+    """An exclusive flock on <folder>/<name>.lock for each name while one train.py writes <name>.json; all are
+    released however the block ends, and the kernel releases them if the process dies: no stale lock."""
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            path = os.path.join(folder, f"{name}.lock")
+            lock = stack.enter_context(open(path, "a"))
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ResultsError(f"another train.py is writing {path[:-5]}.json right now (it holds {path}); "
+                                   f"wait for it, or use another --name or --out")
+        yield
 
 
 # -----------------------------------------------------------------------------
-# reading and validating
+# reading and validating: every number that can be derived is checked against its derivation
 
-def load(path):
-    """One results JSON, checked: parses, has the current schema and what plot.py and train.py read."""
+def read_json(path, repair):
     try:
         with open(path) as f:
-            r = json.load(f)
+            return json.load(f)
     except OSError as e:
         raise ResultsError(f"{path}: cannot read ({e.strerror})")
     except ValueError as e:
-        raise ResultsError(f"{path}: not valid JSON ({e}); move it away, or pass --overwrite to train.py")
+        raise ResultsError(f"{path}: not valid JSON ({e}); {repair}")
+
+
+def load(path):
+    """One results JSON, checked: parses, has the current schema, what train.py and the readers need, and every
+    stored number that follows from the per-epoch records equals its derivation (nothing was edited by hand)."""
+    r = read_json(path, "move it away, or pass --overwrite to train.py")
     if not isinstance(r, dict) or r.get("schema") != SCHEMA:
-        raise ResultsError(f"{path}: schema {r.get('schema') if isinstance(r, dict) else None!r}, this code reads "
-                           f"schema {SCHEMA}; move it away, or pass --overwrite to train.py")
+        got = r.get("schema") if isinstance(r, dict) else None
+        hint = f"`python results.py migrate {os.path.dirname(path) or '.'}`" if got == 2 else "move it away"
+        raise ResultsError(f"{path}: schema {got!r}, this code reads schema {SCHEMA}; {hint}")
     if not r.get("runs") or not all(k in r for k in ("variant", "config", "runs", "summary")) or \
             not all(isinstance(run, dict) and "seed" in run and "status" in run for run in r["runs"]):
         raise ResultsError(f"{path}: no runs, or missing variant/config/summary")
-    return r
-
-
-def load_recipe(folder):
-    """folder/recipe.json (written by `make recipe` / `make lambdas`), checked; None where there is none."""
-    path = os.path.join(folder, "recipe.json")
-    if not os.path.exists(path):
-        return None
     try:
-        with open(path) as f:
-            r = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ResultsError(f"{path}: cannot be read ({type(e).__name__}); run `make recipe` again or move it away")
-    if not isinstance(r, dict) or not r.get("candidates") or "chosen" not in r:
-        raise ResultsError(f"{path}: no candidates or no chosen recipe; run `make recipe` again or move it away")
+        stats.check_derived(r)
+    except (KeyError, TypeError, IndexError) as e:
+        raise ResultsError(f"{path}: a run lacks what train.py writes ({type(e).__name__}: {e})")
+    except ValueError as e:
+        raise ResultsError(f"{path}: {e}; results are never edited by hand: restore the file (git checkout) or "
+                           f"train again")
     return r
+
+
+def checkpoint_path(folder, run):
+    return os.path.join(folder, run["checkpoint"])
+
+
+def load_checkpoint(folder, run):
+    """A run's final state_dict, from the checkpoint its JSON names (relative to the JSON's folder)."""
+    path = checkpoint_path(folder, run)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: checkpoint named by the JSON is missing")
+    except Exception as e:  # truncated, emptied, not a checkpoint at all
+        raise ResultsError(f"{path}: damaged checkpoint ({type(e).__name__}); restore it (git checkout) or train again")
+
+
+def result_paths(folder):
+    return sorted(p for p in glob.glob(os.path.join(glob.escape(folder), "*.json"))
+                  if os.path.basename(p)[:-5] not in RESERVED)
 
 
 def load_folder(folder):
-    """{name: result} for every <name>.json in folder that train.py wrote, in the variant table's order."""
+    """{name: result} for every <name>.json in folder that train.py wrote, in the variant table's order. One
+    folder holds one split: validation runs and test runs are never mixed."""
     from regularizers import VARIANTS
-    paths = sorted(p for p in glob.glob(os.path.join(glob.escape(folder), "*.json"))
-                   if os.path.basename(p) not in NOT_RESULTS)
+    paths = result_paths(folder)
     if not paths:
         raise ResultsError(f"{folder}: no results JSON found; train a variant first (make l1)")
-    found = {os.path.splitext(os.path.basename(p))[0]: load(p) for p in paths}
+    found = {os.path.basename(p)[:-5]: load(p) for p in paths}
+    splits = {name: bool(r["config"]["val"]) for name, r in found.items()}
+    if len(set(splits.values())) > 1:
+        val = sorted(n for n, v in splits.items() if v)
+        raise ResultsError(f"{folder}: {', '.join(val)} {'is a validation run' if len(val) == 1 else 'are validation runs'} "
+                           f"(--val) among test runs; keep each split in a folder of its own (--out)")
     order = {n: i for i, n in enumerate(VARIANTS)}
     return dict(sorted(found.items(), key=lambda kv: (order.get(kv[1]["variant"], 99), kv[0])))
 
 
-def comparable(config):
-    """The part of a config that decides the numbers: two runs with equal parts may share a results file."""
-    return {k: v for k, v in config.items() if k not in NOT_COMPARED}
-
-
-def differences(a, b, ignore=()):
-    """'key (a -> b)' for each key where configs a and b differ, outside NOT_COMPARED and ignore."""
-    a, b = comparable(a), comparable(b)
-    return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(set(a) | set(b))
-            if k not in ignore and a.get(k) != b.get(k)]
+def result_folders(root):
+    """Every folder under root (root included) that holds results JSON files."""
+    return [d for d, _, _ in sorted(os.walk(root)) if os.path.basename(d) != "state" and result_paths(d)]
 
 
 def check_merge(path, old, config):
     """A run may add seeds to an existing results file only if it computes the same way; else one line that
     names the file, what differs and the ways out."""
-    diff = differences(old["config"], config)
+    diff = rules.differences(old["config"], config)
     if diff:
-        raise ResultsError(f"{path} holds a finished run with another config ({', '.join(diff[:4])}"
-                           f"{', ...' if len(diff) > 4 else ''}); use another --name or --out, or --overwrite "
-                           f"to replace it")
+        raise ResultsError(f"{path} holds a finished run with another config ({', '.join(diff)}); use another "
+                           f"--name or --out, or --overwrite to replace it (its seeds {old['config']['seeds']} "
+                           f"would be dropped)")
 
 
 # -----------------------------------------------------------------------------
-# summaries and paired statistics
+# the validation searches: recipe.json (make recipe / make lambdas) and sweep.json (make sweep)
 
-def finals(result):
-    """{seed: final test accuracy} of the runs that did not diverge."""
-    return {r["seed"]: r["final_test_acc"] for r in result["runs"] if r["status"] == "ok"}
-
-
-def summarize(runs):
-    ok = [r["final_test_acc"] for r in runs if r["status"] == "ok"]
-    t = torch.tensor(ok, dtype=torch.float64)
-    return {"final_test_acc_mean": t.mean().item() if ok else None,
-            "final_test_acc_std": t.std().item() if len(ok) > 1 else None,  # sample std (n-1); none for one seed
-            "final_test_acc_min": min(ok, default=None), "final_test_acc_max": max(ok, default=None),
-            "seeds": [r["seed"] for r in runs], "diverged": [r["seed"] for r in runs if r["status"] != "ok"]}
-
-
-def describe(summary):
-    """'99.42 ± 0.03 (min 99.38, 5 seeds)', or '99.42 (1 seed)': one seed has no spread to print."""
-    s = summary
-    if s["final_test_acc_mean"] is None:
-        return "diverged"
-    n = len(s["seeds"]) - len(s["diverged"])
-    if n == 1:
-        return f"{s['final_test_acc_mean']:.2f} (1 seed)"
-    return f"{s['final_test_acc_mean']:.2f} ± {s['final_test_acc_std']:.2f} (min {s['final_test_acc_min']:.2f}, {n} seeds)"
+def load_recipe(folder):
+    """folder/recipe.json, checked; None where there is none."""
+    path = os.path.join(folder, "recipe.json")
+    if not os.path.exists(path):
+        return None
+    r = read_json(path, "run `make recipe` again or move it away")
+    if not isinstance(r, dict) or not r.get("candidates") or "chosen" not in r:
+        raise ResultsError(f"{path}: no candidates or no chosen recipe; run `make recipe` again or move it away")
+    try:
+        rules.check_recipe(r)
+    except ValueError as e:
+        raise ResultsError(f"{path}: {e}; run `make recipe` again or move it away")
+    return r
 
 
-def t95(df):
-    return T95.get(df) or T95[max(k for k in T95 if k <= df)] if df <= 30 else 1.96
-
-
-def paired_interval(a, b):
-    """Mean of the paired differences a_i - b_i with its two-sided 95% t-interval (None, None for one pair)."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if len(d) < 2:
-        return float(d.mean()), None, None
-    half = t95(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
-
-
-def paired(result, base):
-    """Seeds both finished, and (result - base) per seed: only runs that differ in penalty and norm pair up."""
-    diff = differences(result["config"], base["config"], ignore=EXPERIMENT)
-    if diff:
-        raise ResultsError(f"{result['variant']} and {base['variant']} were trained differently "
-                           f"({', '.join(diff[:4])}); they cannot be compared")
-    fa, fb = finals(result), finals(base)
-    seeds = sorted(set(fa) & set(fb))
-    return seeds, [fa[s] - fb[s] for s in seeds]
-
-
-# -----------------------------------------------------------------------------
-# validation-split searches: the lambda sweep (make sweep) and the recipe search (make recipe -> recipe.json)
-
-def sweep_points(folder):
-    """{name: validation point} of the lambda sweep's runs (results/sweep/*.json, from `make sweep`)."""
-    points = {}
-    for name, r in load_folder(folder).items():
-        cfg = r["config"]
-        kind = "none" if not cfg["l1"] and not cfg["l2"] else "l1" if not cfg["l2"] else "l2" if not cfg["l1"] else "l1l2"
-        lam = cfg["l1"] if kind == "l1" else cfg["l2"]
-        accs = [run["final_test_acc"] if run["status"] == "ok" else float("nan") for run in r["runs"]]
-        points[name] = {"penalty": kind, "lambda": lam, "val_acc": accs, "val_acc_mean": float(np.mean(accs)),
-                        "val_acc_min": float(np.min(accs)), "val_acc_max": float(np.max(accs)),
-                        "seeds": [run["seed"] for run in r["runs"]], "epochs": cfg["epochs"]}
-    return points
-
-
-RECIPE_RULE = ("highest mean final validation accuracy over the seeds (train on the first 50k, evaluate on the "
-               "last 10k training images); candidates within 0.05 points of the best count as tied, and among "
-               "tied ones the one listed first wins (the list runs from the fewest changes to the most)")
-LAMBDA_RULE = ("per penalty, the largest lambda whose mean final validation accuracy stays within 0.05 points of "
-               "the chosen recipe without penalty (the strongest penalty that costs nothing measurable)")
-
-
-def val_summary(result):
-    accs = [r["final_test_acc"] for r in result["runs"] if r["status"] == "ok"]
-    return {"seeds": [r["seed"] for r in result["runs"]], "val_acc": accs,
-            "val_acc_mean": sum(accs) / len(accs) if accs else None}
-
-
-def choose_recipe(folder, order, lambda_folder=None):
-    """recipe.json from the candidate runs in folder (names in `order`, simplest first) and, when present, the
-    lambda runs in lambda_folder (<penalty>-<lambda>.json)."""
-    candidates = []
-    for name in order:
-        r = load(os.path.join(folder, f"{name}.json"))
-        if not r["config"]["val"]:
-            raise ResultsError(f"{folder}/{name}.json was not a validation run (--val); the test set stays untouched")
-        candidates.append({"name": name, "config": r["config"]} | val_summary(r))
-    best = max(c["val_acc_mean"] for c in candidates if c["val_acc_mean"] is not None)
-    chosen = next(c for c in candidates if c["val_acc_mean"] is not None and c["val_acc_mean"] >= best - 0.05)
-    out = {"schema": SCHEMA, "rule": RECIPE_RULE, "candidates": candidates, "chosen": chosen["name"],
-           "lambdas": None, "lambda_rule": LAMBDA_RULE}
-    if lambda_folder and glob.glob(os.path.join(glob.escape(lambda_folder), "*.json")):
-        points = [load(p) for p in sorted(glob.glob(os.path.join(glob.escape(lambda_folder), "*.json")))]
-        out["lambda_points"], out["lambdas"] = [], {}
-        for key in ("l1", "l2"):
-            pts = sorted(((r["config"][key], val_summary(r)) for r in points if r["variant"] == key), key=lambda p: p[0])
-            out["lambda_points"] += [{"penalty": key, "lambda": lam} | s for lam, s in pts]
-            ok = [lam for lam, s in pts if s["val_acc_mean"] is not None and s["val_acc_mean"] >= chosen["val_acc_mean"] - 0.05]
-            out["lambdas"][key] = max(ok) if ok else None
-    write_json(os.path.join(os.path.dirname(folder.rstrip("/")), "recipe.json"), out)
+def write_recipe(folder, order):
+    """Apply rules.recipe_choice to the candidate runs (folder/<name>.json, names in `order`, simplest first) and
+    the λ runs (folder/lambda/*.json); write <folder>/../recipe.json only once every input passed its checks."""
+    candidates = [(name, os.path.join(folder, f"{name}.json"), load(os.path.join(folder, f"{name}.json")))
+                  for name in order]
+    lambda_runs = {p: load(p) for p in result_paths(os.path.join(folder, "lambda"))}
+    try:
+        out = {"schema": SCHEMA} | rules.recipe_choice(candidates, lambda_runs)
+    except ValueError as e:
+        raise ResultsError(str(e))
+    write_json(os.path.join(os.path.dirname(os.path.abspath(folder)), "recipe.json"), out)
     return out
 
 
-if __name__ == "__main__":  # python results.py recipe results/recipe base nodrop ...   (make recipe)
-    import sys
-    if len(sys.argv) < 4 or sys.argv[1] != "recipe":
-        sys.exit("usage: python results.py recipe FOLDER CANDIDATE [CANDIDATE ...]")
+def write_sweep(folder, points):
+    write_json(os.path.join(folder, "sweep.json"), {"schema": 1, "source": "results/sweep/*.json", "points": points})
+
+
+def load_choice(folder):
+    """folder/choice.json of the data-size study (datasize.py), checked; None where there is none."""
+    path = os.path.join(folder, "choice.json")
+    if not os.path.exists(path):
+        return None
+    r = read_json(path, "restore it (git checkout) or move it away")
+    if not isinstance(r, dict) or not isinstance(r.get("sizes"), dict):
+        raise ResultsError(f"{path}: no sizes; restore it (git checkout) or move it away")
+    return r
+
+
+def write_choice(folder, size, runs, grid):
+    """Apply rules.datasize_choice to one size's validation runs and add its entry to folder/choice.json; an
+    entry already there is never replaced by a different one (it was committed before that size's test runs)."""
     try:
-        rec = choose_recipe(sys.argv[2], sys.argv[3:], lambda_folder=os.path.join(sys.argv[2], "lambda"))
+        entry = rules.datasize_choice(runs, grid)
+    except ValueError as e:
+        raise ResultsError(str(e))
+    path, have = os.path.join(folder, "choice.json"), load_choice(folder) or {"schema": SCHEMA, "sizes": {}}
+    old = have["sizes"].get(str(size))
+    if old and old != json.loads(json.dumps(entry)):
+        raise ResultsError(f"{path} already holds another choice for n{size} ({old['chosen']}); it is the one its "
+                           f"test runs used: move the file away to choose again")
+    have["sizes"][str(size)] = entry
+    write_json(path, have)
+    return entry
+
+
+# -----------------------------------------------------------------------------
+# migration: schema 2 named checkpoints relative to the repository; schema 3 relative to the JSON's folder
+
+def migrate(folder):
+    """Rewrite every schema-2 <name>.json in folder as schema 3; returns the paths rewritten."""
+    done = []
+    for path in result_paths(folder):
+        r = read_json(path, "move it away")
+        if r.get("schema") != 2:
+            continue
+        for run in r["runs"]:
+            if run.get("checkpoint"):
+                ckpt = os.path.join(REPO, run["checkpoint"])
+                if os.path.dirname(os.path.abspath(ckpt)) != os.path.abspath(folder):
+                    raise ResultsError(f"{path}: seed {run['seed']}'s checkpoint {run['checkpoint']} is not in {folder}")
+                run["checkpoint"] = os.path.basename(ckpt)
+        step = {"schema": 2, "how": "each run's checkpoint is named relative to the JSON's folder instead of the "
+                                    "repository root; nothing else changed"}
+        r["migrated_from_schema"] = [r["migrated_from_schema"], step] if "migrated_from_schema" in r else step
+        r["schema"] = SCHEMA
+        write_json(path, r)
+        done.append(path)
+    return done
+
+
+def main(argv):
+    usage = "usage: python results.py recipe FOLDER CANDIDATE [CANDIDATE ...] | migrate FOLDER"
+    if len(argv) < 2 or argv[0] not in ("recipe", "migrate") or (argv[0] == "recipe" and len(argv) < 3):
+        sys.exit(usage)
+    try:
+        if argv[0] == "migrate":
+            print("\n".join(f"migrated {p}" for p in migrate(argv[1])) or f"{argv[1]}: no schema-2 files")
+            return
+        rec = write_recipe(argv[1], argv[2:])
     except ResultsError as e:
         sys.exit(f"results.py: error: {e}")
     for c in rec["candidates"]:
-        print(f"{c['name']:>10}: val acc {c['val_acc_mean']:.3f} over seeds {c['seeds']} {c['val_acc']}")
+        mean = "diverged" if c["val_acc_mean"] is None else f"{c['val_acc_mean']:.3f}"
+        print(f"{c['name']:>10}: val acc {mean} over seeds {c['seeds']} {c['val_acc']}")
     print(f"chosen: {rec['chosen']} ({rec['rule']})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -14,58 +14,36 @@ if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is not signal.SIG_
     signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("\ntrain.py: interrupted while starting; nothing "
                                                               "was written\n"), os._exit(130)))
 
-import argparse  # noqa: E402
 import errno  # noqa: E402
-import math  # noqa: E402
+import glob  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
+from dataclasses import asdict  # noqa: E402
 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import data  # noqa: E402
 import results  # noqa: E402
-from loop import DTYPES, compile_problem, seed_everything, train_pack  # noqa: E402
-from regularizers import VARIANTS  # noqa: E402
+import rules  # noqa: E402
+import stats  # noqa: E402
+import loop  # noqa: E402
+from config import FULL, Config, parse_args  # noqa: E402
+from loop import compile_problem, seed_everything  # noqa: E402
 
 
 # -----------------------------------------------------------------------------
-# config: every knob in one place, all of it written into the JSON
+# the data a run trains on
 
-@dataclass
-class Config:
-    variant: str = "none"
-    epochs: int = 15               # the study's length: the recipe was chosen at 15 epochs (results/recipe.json)
-    seeds: list = field(default_factory=lambda: [0])
-    l1: float = 0.0                # from the variant table unless --l1 overrides it
-    l2: float = 0.0
-    norm: str = "bn"               # "gbn" = Ghost BatchNorm
-    virtual_batch: int = 8         # Ghost BN: 4 virtual batches of 8 per batch of 32
-    batch_size: int = 32           # the seed's, for training
-    lr: float = 0.1                # OneCycle peak; SGD + Nesterov momentum
-    cycle_momentum: bool = True    # OneCycleLR's default: momentum runs momentum_range[1] -> [0] -> [1] against the lr
-    momentum_range: list = field(default_factory=lambda: [0.85, 0.95])
-    momentum: float = 0.9          # used only with cycle_momentum off
-    warmup: float = 0.2            # fraction of steps spent rising to the peak lr
-    dropout: float = 0.05          # a tiny net underfits more than it overfits: keep dropout light
-    dropout_masks: str = "bytes"   # "bytes": masks from one bulk random draw (p rounded to 1/256); "bernoulli": nn.Dropout's
-    rotate_deg: float = 7.0        # random rotation in [-7, 7] degrees, the seed's augmentation
-    normalize: dict = field(default_factory=lambda: {"mean": 0.1307, "std": 0.3081})  # applied to pixel/255
-    channels_last: bool = True     # faster convolutions on CPU, same numbers run to run
-    precision: str = "bf16"        # autocast of the training step ("fp32": none); evaluation is always fp32
-    compile: bool = True           # torch.compile the training step; eager where no C++ compiler works (noted)
-    eval_batch_size: int = 500     # BatchNorm in eval mode does not depend on the batch; 32 was the original
-    val: bool = False              # train on the first 50k, evaluate on the last 10k training images
-    train_limit: int = 0           # 0 = all
-    test_limit: int = 0
-    data: str = "data"             # relative defaults mean the repository's folders, wherever train.py runs from
-    out: str = "results"
-    name: str = ""                 # file name stem; defaults to the variant
-    packed: bool = False           # several models in one grouped-conv graph ("a pack")
-    dtype: str = "float32"         # float64 only to check packed == solo without float32 rounding noise
-    device: str = "auto"
+def subsets_for(cfg, seeds, train_y):
+    """{seed: sorted training indices} of a class-balanced --train-subset, drawn from the first 50,000 training
+    images (never a validation image) by a generator seeded from the seed alone, so every variant of one seed
+    trains on the same images; None without a subset."""
+    if not cfg.train_subset or cfg.train_subset == FULL:
+        return None
+    pool = train_y[:50000].cpu()
+    return {s: data.balanced_subset(pool, cfg.train_subset, torch.Generator().manual_seed(s + 2_000_003)) for s in seeds}
 
 
 def in_repo(path, default):
@@ -91,101 +69,23 @@ def load_split(cfg, digests):
 
 
 # -----------------------------------------------------------------------------
-# command line: every bad value is a one-line error and exit 2
+# main: check everything that can fail, plan what to train, train pack by pack, record each as it finishes
 
-def typed(convert, check, message):
-    """An argparse type: convert, then check, else '<value>: <message>'."""
-    def parse(s):
-        try:
-            v = convert(s)
-        except ValueError:
-            v = None
-        if v is None or not check(v):
-            raise argparse.ArgumentTypeError(f"{s!r} {message}")
-        return v
-    return parse
+class Stop(Exception):
+    """Ends main() with one line on stderr and an exit code."""
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
 
 
-positive_int = typed(int, lambda v: v > 0, "must be an integer > 0")
-finite_nonneg = typed(float, lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0")
-finite_pos = typed(float, lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
-seed_list = typed(lambda s: [int(x) for x in s.split(",")],
-                  lambda v: len(set(v)) == len(v) and all(0 <= x < 2**32 for x in v),
-                  "must be distinct comma-separated integers in [0, 2^32), e.g. 0,1,2")
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it unwinds as Ctrl-C does: temporary files removed, the
+    locks released, the finished epochs named."""
 
 
-def variant_list(s):
-    names = s.split(",")
-    bad = [n for n in names if n not in VARIANTS]
-    if bad or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"invalid choice: {bad[0]!r} (choose from {', '.join(VARIANTS)})" if bad
-                                         else f"{s!r} names a variant twice")
-    return names
+def on_sigterm(signum, frame):
+    raise Terminated()
 
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                usage="%(prog)s --variant {" + ",".join(VARIANTS) + "} [options]  (-h for all)")
-    d, flag = Config(), lambda name: "--" + name.replace("_", "-")
-    p.add_argument("--variant", type=variant_list, required=True,
-                   help="which penalty / norm (regularizers.py); several, comma-separated, train one after another "
-                        "or, with --packed, together")
-    p.add_argument("--seeds", type=seed_list, default=d.seeds, help="comma-separated seeds, e.g. 0,1,2")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device, help="auto = cuda if present")
-    for name, kind, help_ in [("epochs", positive_int, "epochs per seed"), ("lr", finite_pos, "OneCycle peak lr"),
-                              ("dropout", finite_nonneg, "dropout p"), ("warmup", finite_pos, "fraction of steps to the peak lr"),
-                              ("rotate_deg", finite_nonneg, "rotation range in degrees"),
-                              ("momentum", finite_nonneg, "SGD momentum when --no-cycle-momentum"),
-                              ("virtual_batch", positive_int, "Ghost BN virtual batch"),
-                              ("eval_batch_size", positive_int, "evaluation batch (does not change results)"),
-                              ("train_limit", positive_int, "train on the first N images only"),
-                              ("test_limit", positive_int, "evaluate on the first N images only")]:
-        default = None if name.endswith("limit") else getattr(d, name)
-        p.add_argument(flag(name), type=kind, default=default, help=f"{help_} (default {default or 'all'})")
-    for name, help_ in [("packed", "train every (variant, seed) in one grouped-conv graph"),
-                        ("compile", "torch.compile the training step"), ("cycle_momentum", "OneCycleLR cycles momentum"),
-                        ("channels_last", "channels-last memory format")]:
-        p.add_argument(flag(name), action=argparse.BooleanOptionalAction, default=getattr(d, name), help=help_)
-    p.add_argument("--precision", choices=["bf16", "fp32"], default=d.precision, help="autocast of the training step")
-    p.add_argument("--dropout-masks", choices=["bytes", "bernoulli"], default=d.dropout_masks, help="how masks are drawn")
-    p.add_argument("--dtype", choices=list(DTYPES), default=d.dtype, help="float64 is for exactness checks")
-    p.add_argument("--l1", type=finite_nonneg, default=None, help="lambda_1 of the variants that have an L1 penalty")
-    p.add_argument("--l2", type=finite_nonneg, default=None, help="lambda_2 of the variants that have an L2 penalty")
-    p.add_argument("--val", action="store_true", help="train on the first 50k, evaluate on the last 10k train images")
-    p.add_argument("--data", default=d.data, help="MNIST folder (torchvision layout: <data>/MNIST/raw)")
-    p.add_argument("--out", default=d.out, help="where <name>.json, checkpoints and state/ go")
-    p.add_argument("--name", default="", help="file name stem (default: the variant)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/state/ after an interruption")
-    p.add_argument("--overwrite", action="store_true", help="replace a results file that holds another config")
-    args = p.parse_args(argv)
-    for name in ("dropout", "warmup"):
-        if getattr(args, name) >= 1:
-            p.error(f"argument --{name}: {getattr(args, name)} must be < 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("argument --device: cuda was asked for but torch sees no CUDA device")
-    if args.name and (os.sep in args.name or args.name.startswith(".") or len(args.name) > 100 or len(args.variant) > 1):
-        p.error(f"argument --name: {args.name[:40]!r} must be a plain file name of at most 100 characters, for one variant")
-    if args.dtype == "float64" and args.precision != "fp32":  # bf16 autocast leaves float64 alone: say what runs
-        p.error("argument --dtype: float64 is for exactness checks and needs --precision fp32")
-    if args.packed and len({VARIANTS[v].norm for v in args.variant}) > 1:
-        p.error("argument --packed: a pack needs one kind of norm; train bn and gbn variants in separate packs")
-    for key in ("l1", "l2"):  # an override sets the lambda of the variants that have that penalty, never adds one
-        if getattr(args, key) is not None and not any(getattr(VARIANTS[v], key) for v in args.variant):
-            have = ", ".join(n for n, v in VARIANTS.items() if getattr(v, key))
-            p.error(f"argument --{key}: none of {', '.join(args.variant)} has an {key.upper()} penalty (these do: {have})")
-    fields = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "variant", "l1", "l2")}
-    fields.update(train_limit=args.train_limit or 0, test_limit=args.test_limit or 0)
-    cfgs = []
-    for v in args.variant:
-        lam = {key: getattr(args, key) if getattr(args, key) is not None and getattr(VARIANTS[v], key)
-               else getattr(VARIANTS[v], key) for key in ("l1", "l2")}
-        device = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device
-        cfgs.append(Config(variant=v, **lam, **(fields | {"device": device, "name": args.name or v, "norm": VARIANTS[v].norm})))
-    return cfgs, args, p
-
-
-# -----------------------------------------------------------------------------
-# main: check everything that can fail before training, then train pack by pack, saving after each
 
 def git_info():
     def git(*args):  # None, recorded as unknown, where there is no git or no repository (a copied tree)
@@ -198,107 +98,194 @@ def git_info():
     return git("rev-parse", "HEAD"), (bool(dirty) if dirty is not None else None)
 
 
-def main(argv=None):
-    cfgs, args, parser = parse_args(argv)
-    cfg = cfgs[0]  # what all members share: everything but variant, lambdas and name
-    out = in_repo(cfg.out, Config.out)
-    locks = []
-
-    def fail(code, msg):  # one line and an exit code; the locks go first, so an in-process caller may retry
-        for lock in locks:
-            lock.__exit__()
-        parser.exit(code, f"{parser.prog}: error: {msg}\n")
-
-    seed_everything(0)  # the deterministic flags hold from here on, so env records them truly
-    t0, digests = time.perf_counter(), {}
-    try:
-        os.makedirs(os.path.join(out, "state"), exist_ok=True)
-        for c in cfgs:
-            locks.append(results.Lock(out, c.name).__enter__())
-        old = {c.name: results.load(os.path.join(out, f"{c.name}.json"))
-               for c in cfgs if os.path.exists(os.path.join(out, f"{c.name}.json")) and not args.overwrite}
-        # decided before the merge check: a run that fell back to eager must compare as eager
-        fallback = compile_problem(cfg)
-        if fallback:
-            tqdm.write(f"torch.compile does not work here ({fallback}); training eagerly (--no-compile to skip this)")
-            for c in cfgs:
-                c.compile = False
-        for c in cfgs:
-            if c.name in old:
-                results.check_merge(os.path.join(out, f"{c.name}.json"), old[c.name], asdict(c))
-        split = load_split(cfg, digests)
-    except (ValueError, data.DataError, results.ResultsError) as e:
-        fail(2, e)
-    except OSError as e:
-        fail(2, f"cannot write to --out {out}: {e.strerror}")
-    except KeyboardInterrupt:
-        fail(130, "interrupted while starting; nothing was written")
+def provenance(cfg, argv, digests, fallback):
     commit, dirty = git_info()
-    env = {"command": " ".join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)]),
-           "git_commit": commit, "git_dirty": dirty, "torch": torch.__version__, "python": platform.python_version(),
-           "device": cfg.device, "device_name": torch.cuda.get_device_name() if cfg.device == "cuda"
-           else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-           "deterministic": torch.are_deterministic_algorithms_enabled(), "data_sha256": data.data_sha256(digests),
-           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"compile_fallback": fallback} if fallback else {})}
-    runs = {c.name: list(old[c.name]["runs"]) if c.name in old else [] for c in cfgs}
-    done = {c.name: {r["seed"] for r in runs[c.name]} for c in cfgs}
+    return {"command": " ".join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)]),
+            "git_commit": commit, "git_dirty": dirty, "torch": torch.__version__, "python": platform.python_version(),
+            "device": cfg.device, "device_name": torch.cuda.get_device_name() if cfg.device == "cuda"
+            else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(), "data_sha256": data.data_sha256(digests),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"compile_fallback": fallback} if fallback else {})}
+
+
+def available_memory():
+    """Bytes the kernel says a new process may use (MemAvailable), or None where /proc/meminfo is missing."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check(cfgs, args, out):
+    """Everything that can fail before a model trains: the results files, the compiler, memory, the data.
+    Returns ({name: finished result or None}, split, digests, compile fallback)."""
+    cfg = cfgs[0]
+    old = {}
     for c in cfgs:
-        if done[c.name] & set(c.seeds):
-            tqdm.write(f"{c.name}: seeds {sorted(done[c.name] & set(c.seeds))} are already in {out}/{c.name}.json "
-                       f"with this config; kept (--overwrite trains them again)")
+        path = os.path.join(out, f"{c.name}.json")
+        old[c.name] = results.load(path) if os.path.exists(path) else None
+    fallback = compile_problem(cfg)  # decided before the merge check: a run that fell back must compare as eager
+    if fallback:
+        tqdm.write(f"torch.compile does not work here ({fallback}); training eagerly (--no-compile to skip this)")
+        for c in cfgs:
+            c.compile = False
+    for c in cfgs:
+        path, r = os.path.join(out, f"{c.name}.json"), old[c.name]
+        if r and args.overwrite and rules.differences(r["config"], asdict(c)):
+            diff = rules.differences(r["config"], asdict(c))
+            tqdm.write(f"--overwrite: {path} holds another config ({', '.join(diff)}); its seeds "
+                       f"{[run['seed'] for run in r['runs']]} are dropped when this run's first result is written")
+            old[c.name] = None
+        elif r:
+            results.check_merge(path, r, asdict(c))
+    k = sum(len(c.seeds) for c in cfgs) if cfg.packed else 1
+    need, avail = loop.pack_memory(k, cfg), available_memory()
+    if avail and need > avail:
+        raise ValueError(f"--packed: {k} models need ~{need / 1e9:.1f} GB (1 GB "
+                         f"+ ~{loop.model_memory(cfg) / 1e6:.0f} MB per model at --eval-batch-size "
+                         f"{cfg.eval_batch_size}, measured), more than the {avail / 1e9:.1f} GB available; pack fewer "
+                         f"seeds or variants, or drop --packed")
+    digests = {}
+    return old, load_split(cfg, digests), digests, fallback
+
+
+def plan(cfgs, args, out, old):
+    """(runs kept per name, packs to train). Refuses to pass over an interrupted run's state silently."""
+    runs = {c.name: list(old[c.name]["runs"]) if old[c.name] else [] for c in cfgs}
+    done = {c.name: {r["seed"] for r in runs[c.name]} for c in cfgs}
+    sweep_stale_states(out, runs)
+    for c in cfgs:
+        again = sorted(done[c.name] & set(c.seeds))
+        if again and args.overwrite:
+            kept = sorted(done[c.name] - set(c.seeds))
+            tqdm.write(f"--overwrite: seeds {again} of {out}/{c.name}.json are trained again"
+                       + (f"; seeds {kept} are kept" if kept else ""))
+            done[c.name] -= set(c.seeds)
+        elif again:
+            tqdm.write(f"{c.name}: seeds {again} are already in {out}/{c.name}.json with this config; kept "
+                       f"(--overwrite trains those seeds again and keeps the others)")
     todo = [(c, s) for c in cfgs for s in c.seeds if s not in done[c.name]]
-    packs = [todo] if cfg.packed and todo else [[m] for m in todo]
-    state_of = lambda pack: os.path.join(out, "state", "+".join(dict.fromkeys(c.name for c, _ in pack)) + "-seed"
-                                         + "-".join(str(s) for s in dict.fromkeys(s for _, s in pack)) + ".pt")
-    if args.resume and todo and not any(os.path.exists(state_of(p)) for p in packs):
-        fail(2, f"--resume: no saved state for {', '.join(runs)} seeds {[s for _, s in todo]} in {out}/state")
+    packs = [todo] if cfgs[0].packed and todo else [[m] for m in todo]
+    states = [loop.state_path(out, [(c.name, s) for c, s in p]) for p in packs]
+    if args.resume and todo and not any(os.path.exists(p) for p in states):
+        raise ValueError(f"--resume: no saved state for {', '.join(runs)} seeds {[s for _, s in todo]} in {out}/state")
+    for pack, path in zip(packs, states):
+        if os.path.exists(path) and not args.resume:
+            epochs = len(loop.load_state(path, pack, cfgs[0].device)["histories"][0])
+            raise ValueError(f"{path} holds {epochs} of {cfgs[0].epochs} epochs of an interrupted run of these seeds; "
+                             f"continue it with --resume, or delete that file to start afresh")
+    return runs, list(zip(packs, states))
+
+
+def sweep_stale_states(out, runs):
+    """Remove the state files whose every member already sits in its JSON with the very epochs the state holds:
+    a kill between writing a result and removing its state leaves them."""
+    for path in glob.glob(os.path.join(glob.escape(out), "state", "*.pt")):
+        members = loop.state_members(path)
+        finished = {(n, r["seed"]): r for n in runs for r in runs[n] if r["status"] == "ok"}
+        if not members or not all(m in finished for m in members):
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # damaged: leave it for the user, whom plan() tells if it matters
+            continue
+        if [finished[m]["epochs"] for m in members] == state.get("histories"):
+            os.remove(path)
+            tqdm.write(f"removed {path}: the run it saved is already written")
+
+
+def announce(cfg, packs, n_train):
+    todo = [m for pack, _ in packs for m in pack]
+    if not todo:
+        tqdm.write("nothing to train: every seed asked for is already there")
+        return
     # measured on the 2-core CPU machine: seconds per 60k-image model-epoch, solo or with seeds packed; Ghost BN ~1.5x
     per_epoch = lambda c: (15 if cfg.packed and len(todo) > 1 else 20) * (1.5 if c.norm == "gbn" else 1)
-    minutes = sum(per_epoch(c) for c, _ in todo) / 60 * len(split[0]) / 60000 * cfg.epochs
+    images = cfg.steps * cfg.batch_size if cfg.steps else n_train * cfg.epochs  # per model
+    minutes = sum(per_epoch(c) for c, _ in todo) / 60 * images / 60000
     pace = ("on a GPU, per-step overheads set the pace: an H200 took ~1.1 s per model-epoch with 20 models packed"
             if cfg.device == "cuda" else f"expect ~{minutes:.{0 if minutes >= 10 else 1}f} min on 2 CPU cores "
             f"(~{per_epoch(cfg):.0f} s per model-epoch)")
-    if todo:
-        tqdm.write(f"training {len(todo)} model(s) ({', '.join(f'{c.name}: l1={c.l1:g} l2={c.l2:g} norm={c.norm}' for c in cfgs)})"
-                   f" x {cfg.epochs} epochs on {cfg.device}{', packed' if cfg.packed else ''}, {len(split[0]):,} train images; {pace}")
-    else:
-        tqdm.write(f"nothing to train: every seed asked for is already in {out}")
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt
-    for pack in packs:
+    variants = ", ".join(dict.fromkeys(f"{c.name}: l1={c.l1:g} l2={c.l2:g} norm={c.norm}" for c, _ in todo))
+    length = f"{cfg.steps} steps ({cfg.epochs} evaluations)" if cfg.steps else f"{cfg.epochs} epochs"
+    tqdm.write(f"training {len(todo)} model(s) ({variants}) x {length} on {cfg.device}"
+               f"{', packed' if cfg.packed else ''}, {n_train:,} train images; {pace}")
+
+
+def record(out, pack, new, weights, runs):
+    """Write each results file the pack touched (all its new seeds at once), then remove the pack's state."""
+    for (c, seed), run in zip(pack, new):
+        runs[c.name] = [r for r in runs[c.name] if r["seed"] != seed] + [run]
+    newest = {c.name: (c, run) for (c, _), run in zip(pack, new)}
+    for name, (c, run) in newest.items():
+        order = {s: i for i, s in enumerate(c.seeds)}
+        runs[name].sort(key=lambda r: (order.get(r["seed"], -1), r["seed"]))  # kept seeds first
+        result = {"schema": results.SCHEMA, "variant": c.variant,
+                  "config": asdict(c) | {"seeds": [r["seed"] for r in runs[name]]},
+                  "env": run["env"], "runs": runs[name], "summary": stats.summarize(runs[name])}
+        results.save(out, name, result, {s: w for (m, s), w in zip(pack, weights) if m.name == name})
+
+
+def main(argv=None):
+    cfgs, args, parser = parse_args(argv)
+    cfg, out, t0 = cfgs[0], in_repo(cfgs[0].out, Config.out), time.perf_counter()
+    seed_everything(0)  # the deterministic flags hold from here on, so the env records them truly
+    sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+    progress = {"started": False, "written": [], "state": None}
+    try:
         try:
-            new, weights = train_pack(pack, split, state_of(pack), args.resume, env)
-            for (c, seed), run in zip(pack, new):
-                runs[c.name] = [r for r in runs[c.name] if r["seed"] != seed] + [run]
-            newest = {c.name: (c, run) for (c, _), run in zip(pack, new)}
-            for name, (c, run) in newest.items():  # one save per results file, all its new seeds in it
-                order = {s: i for i, s in enumerate(c.seeds)}
-                runs[name].sort(key=lambda r: (order.get(r["seed"], -1), r["seed"]))  # kept seeds first
-                result = {"schema": results.SCHEMA, "variant": c.variant,
-                          "config": asdict(c) | {"seeds": [r["seed"] for r in runs[name]]},
-                          "env": run["env"], "runs": runs[name], "summary": results.summarize(runs[name])}
-                results.save(out, name, result, {s: w for (m, s), w in zip(pack, weights) if m.name == name})
-            if os.path.exists(state_of(pack)):  # only now, with its results written, does the run need no state
-                os.remove(state_of(pack))
-        except ValueError as e:
-            fail(2, e)
+            os.makedirs(os.path.join(out, "state"), exist_ok=True)
+            with results.locked(out, [c.name for c in cfgs]):
+                old, split, digests, fallback = check(cfgs, args, out)
+                runs, packs = plan(cfgs, args, out, old)
+                subsets = subsets_for(cfg, {s for pack, _ in packs for _, s in pack}, split[1])
+                env = provenance(cfg, argv, digests, fallback)
+                progress["started"] = True
+                if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+                    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt
+                announce(cfg, packs, len(next(iter(subsets.values()))) if subsets else len(split[0]))
+                for pack, state in packs:
+                    progress["state"] = state
+                    new, weights = loop.train_pack(pack, split, state, args.resume, env,
+                                                   subsets and [subsets[s] for _, s in pack])
+                    record(out, pack, new, weights, runs)
+                    if os.path.exists(state):  # only now, with its results written, does the run need no state
+                        os.remove(state)
+                    progress["written"] += [f"{c.name} seed {s}" for c, s in pack]
+        except (ValueError, data.DataError, results.ResultsError) as e:
+            raise Stop(2, e)
         except OSError as e:  # a full disk, a folder removed under us: finished epochs stay in state/
+            if not progress["started"]:
+                raise Stop(2, f"cannot write to --out {out}: {e.strerror}")
             fix = "free some space" if e.errno == errno.ENOSPC else "fix that"
-            fail(1, f"cannot write {e.filename or out}: {e.strerror}; {fix}, then run the same command with --resume")
-        except KeyboardInterrupt:
-            fail(130, "interrupted; finished epochs are saved, continue with the same command and --resume")
+            raise Stop(1, f"cannot write {e.filename or out}: {e.strerror}; {fix}, then run the same command with --resume")
+        except KeyboardInterrupt as e:
+            raise Stop(143 if isinstance(e, Terminated) else 130, interrupted(progress))
+    except Stop as e:
+        parser.exit(e.code, f"{parser.prog}: error: {e}\n")
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
     failed = False
     for c in cfgs:
-        s = results.summarize(runs[c.name]) if runs[c.name] else None
+        s = stats.summarize(runs[c.name]) if runs[c.name] else None
         if s and s["final_test_acc_mean"] is not None:
-            print(f"{c.name}: final {'val' if c.val else 'test'} acc {results.describe(s)} -> {out}/{c.name}.json")
+            print(f"{c.name}: final {'val' if c.val else 'test'} acc {stats.describe(s)} -> {out}/{c.name}.json")
         if s and s["diverged"]:
             print(f"{c.name}: seeds {s['diverged']} diverged", file=sys.stderr)
             failed = True
-    for lock in locks:
-        lock.__exit__()
     print(f"done in {time.perf_counter() - t0:.0f} s")
     return 1 if failed else 0
+
+
+def interrupted(progress):
+    """What an interruption kept: written results, saved epochs, or nothing."""
+    if not progress["started"]:
+        return "interrupted while starting; nothing was written"
+    said = f"interrupted; {', '.join(progress['written'])} written" if progress["written"] else "interrupted"
+    if progress["state"] and os.path.exists(progress["state"]):
+        return f"{said}; finished epochs are saved in {progress['state']}, continue with the same command and --resume"
+    return f"{said}; no epoch of the run in progress had finished, so there is nothing to resume"
 
 
 if __name__ == "__main__":

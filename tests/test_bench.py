@@ -2,7 +2,8 @@
 compute step, one model at batch 32 and packs, on CPU and on CUDA when present; each speed lever of train.py on
 its own and all together in the real training loop, taken in turn with the classic torchvision + DataLoader step
 (the baseline); real epochs of the default path, run as a program; on a GPU, the packed 20-model study. The GPU
-study (first) and the CPU summary (last) each write their own section of results/bench/summary.json.
+study writes the gpu section of results/bench/summary.json at once; a module fixture writes the cpu section after
+the file's benchmarks ran, whatever their order.
 Timings are recorded, never asserted; they mean something only on an otherwise idle machine."""
 import json
 import math
@@ -28,6 +29,7 @@ STEPS_PER_EPOCH = math.ceil(60000 / 32)
 ROUNDS, CHUNK = 8, 25      # levers: each runs CHUNK real-loop steps in turn, ROUNDS times (200 steps each)
 MEANS, LEVERS = {}, {}      # test name -> median seconds per call; lever -> its numbers, for the summary
 PROFILE = {}                # where a default CPU step's time goes, for the summary
+EPOCHS = []                 # seconds of each epoch of train.py run as a program, for the summary
 # each lever switched on alone on top of the original path, then all together (= today's default path)
 ORIGINAL = ["--no-compile", "--precision", "fp32", "--dropout-masks", "bernoulli", "--eval-batch-size", "32"]
 LEVER_ARGS = {
@@ -249,21 +251,35 @@ def merge_summary(section, numbers):
     results.write_json(path, summary | {section: numbers})
 
 
-def test_zz_summary(benchmark):
+def test_train_py_epochs(benchmark):
     """Real epochs of train.py's default path, run as a user runs it (a fresh process, one model, 3 epochs; the
-    first compiles), each epoch's seconds read from its JSON; then the CPU summary."""
-    if "compute-cpu-1" not in MEANS or "classic-cpu" not in MEANS or "classic" not in LEVERS:
-        pytest.skip("the CPU summary needs the CPU compute, classic and lever benchmarks of the same run")
+    first compiles), each epoch's seconds read from its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "train.py", "--variant", "l1l2", "--epochs", "3", "--device", "cpu",
                    "--data", DATA, "--out", tmp]
         benchmark.pedantic(lambda: subprocess.run(command, cwd=results.REPO, check=True, capture_output=True),
                            rounds=1, iterations=1)
-        epochs = [e["seconds"] for e in json.load(open(os.path.join(tmp, "l1l2.json")))["runs"][0]["epochs"]]
-    epoch_s = statistics.median(epochs[1:])  # training + evaluating the 10,000 test images, after the compiling epoch
+        EPOCHS.extend(e["seconds"] for e in json.load(open(os.path.join(tmp, "l1l2.json")))["runs"][0]["epochs"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cpu_summary():
+    """After every benchmark of this file ran, whatever their order: the CPU section of summary.json, from the
+    compute, classic, lever and train.py measurements of this one run (written only if all of them ran)."""
+    yield
+    missing = [k for k in ("compute-cpu-1", "compute-cpu-5", "classic-cpu") if k not in MEANS] + \
+        [k for k, have in (("levers", "classic" in LEVERS), ("train.py epochs", EPOCHS)) if not have]
+    if missing:
+        print(f"\nsummary.json's cpu section not written: this run did not measure {', '.join(missing)}")
+        return
+    merge_summary("cpu", cpu_numbers())
+
+
+def cpu_numbers():
+    epoch_s = statistics.median(EPOCHS[1:])  # training + evaluating the 10,000 test images, after the compiling epoch
     flops = flops_per_training_image() * 60000
     fp32_peak, bf16_peak = matmul_tflops(torch.float32), matmul_tflops(torch.bfloat16)
-    cpu = {"epoch_s": round(epoch_s, 2), "train_py_epochs_s": epochs,
+    cpu = {"epoch_s": round(epoch_s, 2), "train_py_epochs_s": EPOCHS,
            "compute_epoch_s": round(MEANS["compute-cpu-1"] * STEPS_PER_EPOCH, 2),
            "classic_epoch_s": round(MEANS["classic-cpu"] * STEPS_PER_EPOCH, 2),
            "threads": torch.get_num_threads(), "steps_per_epoch": STEPS_PER_EPOCH,
@@ -285,7 +301,7 @@ def test_zz_summary(benchmark):
                                                        LEVERS["all (default)"]["step_ms"], 2)
     cpu["flop_floor_s"] = {k: round(flops / (v * 1e12), 2) for k, v in cpu["matmul_peak_tflops"].items()}
     cpu["fraction_of_floor"] = {k: round(v / epoch_s, 3) for k, v in cpu["flop_floor_s"].items()}
-    merge_summary("cpu", cpu)
+    return cpu
 
 
 # -----------------------------------------------------------------------------

@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from conftest import DATA, checkpoint
+from conftest import DATA, FP32, TRAIN_PY, checkpoint, metrics
 from test_packed import ARGS as FLOAT64_ARGS
-from test_train import FP32, TRAIN_PY, metrics, resume_equals_uninterrupted
+from test_resume import resume_equals_uninterrupted
 
 DEVICE = "cuda"
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -27,7 +27,8 @@ def test_same_command_same_numbers_on_cuda(tmp_path):
     assert a["config"]["compile"] and a["config"]["device"] == DEVICE, "the compiled CUDA path did not run"
     assert a["env"]["device_name"] == torch.cuda.get_device_name()
     assert metrics(a) == metrics(b)
-    assert open(checkpoint(a["runs"][0]), "rb").read() == open(checkpoint(b["runs"][0]), "rb").read()
+    blobs = [open(checkpoint(tmp_path / d, r["runs"][0]), "rb").read() for d, r in (("a", a), ("b", b))]
+    assert blobs[0] == blobs[1]
     acc = a["runs"][0]["final_test_acc"]
     assert acc > 50, f"one epoch on 2,000 images reached only {acc:.2f}% (chance: 10%)"
 
@@ -47,7 +48,7 @@ def test_packed_training_equals_solo_on_cuda(run_train, tmp_path, masks):
             for ea, eb in zip(a["epochs"], b["epochs"], strict=True):
                 for key in ("train_loss", "penalty", "test_loss", "train_acc", "test_acc"):
                     assert abs(ea[key] - eb[key]) <= 1e-5, (name, a["seed"], key, ea[key], eb[key])
-            wa, wb = (torch.load(checkpoint(r), weights_only=True) for r in (a, b))
+            wa, wb = (torch.load(checkpoint(tmp_path / d, r), weights_only=True) for d, r in (("solo", a), ("packed", b)))
             for k in wa:
                 torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-5)
 

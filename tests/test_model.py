@@ -72,13 +72,19 @@ def test_overfits_one_batch(mnist):
     assert acc == 100, f"train acc {acc:.1f} < 100 after 60 steps on one batch"
 
 
-def test_ghost_bn_equals_bn_for_one_virtual_batch():
-    """Ghost BN with the virtual batch equal to the whole batch is plain BN: outputs and running stats."""
+def test_ghost_bn_keeps_a_short_last_virtual_batch():
+    """A batch of 28 with virtual batch 8 (the short last batch of an epoch) is normalised as chunks of 8, 8, 8
+    and 4, each by its own statistics: the last chunk equals BatchNorm over those 4 samples alone."""
     torch.manual_seed(0)
-    x = torch.randn(32, 4, 5, 5) * 3 + 1
-    bn, gbn = torch.nn.BatchNorm2d(4), GhostBatchNorm2d(4, virtual_batch=32)
-    torch.testing.assert_close(gbn(x), bn(x), rtol=0, atol=0)
-    torch.testing.assert_close(gbn.running_var, bn.running_var, rtol=0, atol=0)
+    x = torch.randn(28, 3, 4, 4, dtype=torch.float64) * 2 + 1
+    x[24:] += 7  # the short chunk has its own mean, so normalising it with any other chunk would show
+    gbn = GhostBatchNorm2d(3, virtual_batch=8).double()
+    out = gbn(x)
+    for start, stop in [(0, 8), (8, 16), (16, 24), (24, 28)]:
+        alone = torch.nn.BatchNorm2d(3).double()(x[start:stop])
+        torch.testing.assert_close(out[start:stop], alone, rtol=1e-12, atol=1e-12,
+                                   msg=lambda m: f"samples {start}-{stop}: {m}")
+    assert not torch.allclose(out, torch.nn.BatchNorm2d(3).double()(x), atol=1e-3)
 
 
 def test_ghost_bn_statistics_on_a_hand_made_batch():

@@ -55,7 +55,7 @@ def test_packed_training_equals_solo(run_train, tmp_path, masks):
             for ea, eb in zip(a["epochs"], b["epochs"], strict=True):
                 for key in ("train_loss", "penalty", "test_loss", "train_acc", "test_acc"):
                     assert abs(ea[key] - eb[key]) <= 1e-5, (name, a["seed"], key, ea[key], eb[key])
-            wa, wb = (torch.load(checkpoint(r), weights_only=True) for r in (a, b))
+            wa, wb = (torch.load(checkpoint(tmp_path / d, r), weights_only=True) for d, r in (("solo", a), ("packed", b)))
             for k in wa:
                 torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-5, msg=lambda m: f"{name} seed {a['seed']} {k}: {m}")
 

@@ -1,23 +1,25 @@
-"""Results files: a run never destroys another's results, a checkpoint and its JSON change as one unit, a damaged
-file is a one-line error, and the summaries say what they can."""
+"""Results files: a run never destroys another's results, a checkpoint and its JSON change as one unit, every
+number that follows from the records is checked against them, a damaged or edited file is a one-line error, the
+recipe is chosen only from inputs that pass their checks, and the summaries say what they can."""
 import errno
 import json
 import os
+import shutil
 
 import pytest
 import torch
 
+import loop
+import plot
+import report
 import results
+import rules
+import stats
 import train
-from conftest import DATA, checkpoint
+from conftest import DATA, FP32, ROOT, checkpoint, one_line_error
 
-FAST = ["--epochs", "1", "--train-limit", "64", "--test-limit", "64", "--precision", "fp32"]
-
-
-def one_line_error(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0], err
-    return err[0]
+FAST = ["--epochs", "1", "--train-limit", "64", "--test-limit", "64", *FP32]
+DEAD_PID = 2**22 + 12345  # above Linux's largest pid_max (2^22): no process ever has it
 
 
 def snapshot(folder):
@@ -26,7 +28,14 @@ def snapshot(folder):
 
 
 def never_train(monkeypatch):
-    monkeypatch.setattr(train, "train_pack", lambda *a, **kw: pytest.fail("trained although it must not"))
+    monkeypatch.setattr(loop, "train_pack", lambda *a, **kw: pytest.fail("trained although it must not"))
+
+
+def edit(path, change):
+    """Rewrite a JSON file with change(obj) applied: a hand edit."""
+    obj = json.loads(path.read_text())
+    change(obj)
+    path.write_text(json.dumps(obj))
 
 
 # -----------------------------------------------------------------------------
@@ -47,7 +56,7 @@ def test_another_config_is_refused_and_nothing_changes(run_train, tmp_path, caps
     assert str(tmp_path / "l1.json") in err and "epochs (1 -> 2)" in err, err
     assert all(way in err for way in ("--name", "--out", "--overwrite")), err
     assert snapshot(tmp_path) == before
-    assert os.path.exists(checkpoint(old["runs"][0]))
+    assert os.path.exists(checkpoint(tmp_path, old["runs"][0]))
 
 
 def test_overwrite_replaces_a_run_with_another_config(run_train, tmp_path):
@@ -56,17 +65,48 @@ def test_overwrite_replaces_a_run_with_another_config(run_train, tmp_path):
     code, new = run_train("--variant", "l1", *FAST, "--lr", "0.05", "--overwrite", name="l1")
     assert code == 0 and new["config"]["lr"] == 0.05 and [r["seed"] for r in new["runs"]] == [0]
     assert new["runs"][0]["epochs"] != old["runs"][0]["epochs"]
-    assert not os.path.exists(checkpoint(old["runs"][0])) and os.path.exists(checkpoint(new["runs"][0]))
+    assert not os.path.exists(checkpoint(tmp_path, old["runs"][0])) and os.path.exists(checkpoint(tmp_path, new["runs"][0]))
 
 
-def test_same_config_adds_seeds(run_train):
+def test_overwrite_with_another_config_names_the_dropped_seeds(run_train, tmp_path, capsys):
+    """--overwrite with another config over seeds 0,1 while asking for seed 0 alone: one line of output names the
+    file and the dropped seeds [0, 1], and the new file holds seed 0 only."""
+    run_train("--variant", "l1", *FAST, "--seeds", "0,1", name="l1")
+    capsys.readouterr()
+    code, new = run_train("--variant", "l1", *FAST, "--seeds", "0", "--lr", "0.05", "--overwrite", name="l1")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "dropped" in line]
+    assert code == 0 and [r["seed"] for r in new["runs"]] == [0], new["config"]["seeds"]
+    assert len(lines) == 1 and str(tmp_path / "l1.json") in lines[0] and "[0, 1]" in lines[0], lines
+    assert "lr (0.1 -> 0.05)" in lines[0], lines
+
+
+def test_overwrite_with_the_same_config_retrains_only_the_named_seeds(run_train, tmp_path, capsys, monkeypatch):
+    """--seeds 0 --overwrite over seeds 0,1 of the same config trains seed 0 again and keeps seed 1, its numbers
+    and its checkpoint byte for byte; the output says which seeds are trained again and which are kept."""
+    _, old = run_train("--variant", "l1", *FAST, "--seeds", "0,1", name="l1")
+    kept = next(r for r in old["runs"] if r["seed"] == 1)
+    kept_bytes = open(checkpoint(tmp_path, kept), "rb").read()
+    trained, train_pack = [], loop.train_pack
+    monkeypatch.setattr(loop, "train_pack", lambda members, *a, **kw: trained.append([s for _, s in members])
+                        or train_pack(members, *a, **kw))
+    capsys.readouterr()
+    code, new = run_train("--variant", "l1", *FAST, "--seeds", "0", "--overwrite", name="l1")
+    out = capsys.readouterr().out
+    assert code == 0 and trained == [[0]], trained
+    assert sorted(r["seed"] for r in new["runs"]) == [0, 1], new["config"]["seeds"]
+    assert next(r for r in new["runs"] if r["seed"] == 1) == kept
+    assert open(checkpoint(tmp_path, kept), "rb").read() == kept_bytes
+    assert "seeds [0] of" in out and "are trained again; seeds [1] are kept" in out, out
+
+
+def test_same_config_adds_seeds(run_train, tmp_path):
     """The same command with another seed adds it; the first seed's numbers and checkpoint stay as they were."""
     _, first = run_train("--variant", "l1", *FAST, "--seeds", "0", name="l1")
     code, both = run_train("--variant", "l1", *FAST, "--seeds", "1", name="l1")
     assert code == 0 and [r["seed"] for r in both["runs"]] == [0, 1] and both["config"]["seeds"] == [0, 1]
     assert both["runs"][0] == first["runs"][0]
     assert both["summary"]["seeds"] == [0, 1] and both["summary"]["final_test_acc_std"] is not None
-    assert all(os.path.exists(checkpoint(r)) for r in both["runs"])
+    assert all(os.path.exists(checkpoint(tmp_path, r)) for r in both["runs"])
 
 
 def test_a_seed_already_present_is_kept(run_train, tmp_path, monkeypatch, capsys):
@@ -77,7 +117,7 @@ def test_a_seed_already_present_is_kept(run_train, tmp_path, monkeypatch, capsys
     never_train(monkeypatch)
     code, _ = run_train("--variant", "l1", *FAST, name="l1")
     out = capsys.readouterr().out
-    assert code == 0 and "kept" in out and "nothing to train" in out and "training 0" not in out
+    assert code == 0 and "kept" in out and "nothing to train" in out and "training 0" not in out, out
     assert snapshot(tmp_path) == before
 
 
@@ -100,25 +140,25 @@ def test_truncated_results_json_is_one_line(run_train, tmp_path, capsys, resume)
 def test_a_second_writer_is_refused(tmp_path, capsys, monkeypatch):
     """While one process holds <out>/<name>.lock, a train.py into the same out and name exits 2, naming the lock."""
     never_train(monkeypatch)
-    with results.Lock(str(tmp_path), "l1"):
+    with results.locked(str(tmp_path), ["l1"]):
         with pytest.raises(SystemExit) as e:
             train.main(["--variant", "l1", *FAST, "--data", DATA, "--out", str(tmp_path), "--device", "cpu",
                         "--no-compile"])
     err = one_line_error(capsys)
     assert e.value.code == 2 and str(tmp_path / "l1.lock") in err, err
-    with results.Lock(str(tmp_path), "l1"):  # the refused run let go of everything it took
+    with results.locked(str(tmp_path), ["l1"]):  # the refused run let go of everything it took
         pass
 
 
 # -----------------------------------------------------------------------------
-# a checkpoint and its JSON change as one unit
+# a checkpoint and its JSON change as one unit; temporary files do not outlive their writer
 
 def test_crash_between_checkpoint_and_json_keeps_the_old_pair(run_train, tmp_path, monkeypatch, capsys):
     """Killed (here: a full disk) after the new checkpoint is written but before the JSON: the old JSON still names
     existing checkpoints holding the old weights. The next successful save leaves no orphan and no temporary file."""
     _, old = run_train("--variant", "l1", *FAST, name="l1")
     old_json = (tmp_path / "l1.json").read_bytes()
-    old_weights = torch.load(checkpoint(old["runs"][0]), weights_only=True)
+    old_weights = torch.load(checkpoint(tmp_path, old["runs"][0]), weights_only=True)
 
     def disk_full(path, obj):
         raise OSError(errno.ENOSPC, "No space left on device", path)
@@ -126,15 +166,16 @@ def test_crash_between_checkpoint_and_json_keeps_the_old_pair(run_train, tmp_pat
         m.setattr(results, "write_json", disk_full)
         with pytest.raises(SystemExit) as e:
             run_train("--variant", "l1", *FAST, "--lr", "0.05", "--overwrite", name="l1")
-    assert e.value.code == 1 and "No space left on device" in one_line_error(capsys)
+    err = one_line_error(capsys)
+    assert e.value.code == 1 and "No space left on device" in err and "--resume" in err, err
     assert (tmp_path / "l1.json").read_bytes() == old_json
-    weights = torch.load(checkpoint(old["runs"][0]), weights_only=True)
+    weights = torch.load(checkpoint(tmp_path, old["runs"][0]), weights_only=True)
     assert all(torch.equal(weights[k], old_weights[k]) for k in old_weights)
     assert len(list(tmp_path.glob("l1-seed0-*.pt"))) == 2, "the new checkpoint was written first"
-    code, new = run_train("--variant", "l1", *FAST, "--lr", "0.05", "--overwrite", name="l1")
+    code, new = run_train("--variant", "l1", *FAST, "--lr", "0.05", "--overwrite", "--resume", name="l1")  # as told
     assert code == 0
-    assert sorted(tmp_path.glob("l1-seed*.pt")) == [tmp_path / os.path.basename(new["runs"][0]["checkpoint"])]
-    assert not list(tmp_path.rglob("*.tmp*"))
+    assert sorted(tmp_path.glob("l1-seed*.pt")) == [tmp_path / new["runs"][0]["checkpoint"]]
+    assert not list(tmp_path.rglob("*.tmp*")) and not list((tmp_path / "state").iterdir())
 
 
 def test_a_pack_writes_its_seeds_together(run_train, monkeypatch):
@@ -159,6 +200,18 @@ def test_full_disk_is_an_oserror_naming_the_file(tmp_path, monkeypatch):
         assert not list(tmp_path.iterdir())
 
 
+def test_a_dead_writers_temporary_file_is_removed_at_the_next_write(tmp_path):
+    """A <name>.json.tmp<PID> left by a process that no longer runs (kill -9) is removed by the next write into its
+    folder; one of a live process (it may be writing right now) is kept."""
+    dead, live = tmp_path / f"l1.json.tmp{DEAD_PID}", tmp_path / f"l2.json.tmp{os.getppid()}"
+    assert not os.path.exists(f"/proc/{DEAD_PID}") and os.path.exists(f"/proc/{os.getppid()}")
+    dead.write_text("{half")
+    live.write_text("{half")
+    results.write_json(str(tmp_path / "none.json"), {"x": 1})
+    assert not dead.exists(), sorted(os.listdir(tmp_path))
+    assert live.exists() and json.loads((tmp_path / "none.json").read_text()) == {"x": 1}
+
+
 def test_checkpoint_names_follow_the_weights():
     """Checkpoints are named by content: other weights, another name; the owner is read back from the name."""
     a, b = {"w": torch.zeros(3)}, {"w": torch.ones(3)}
@@ -167,8 +220,70 @@ def test_checkpoint_names_follow_the_weights():
     assert results.checkpoint_owner(na) == "l1-seed-x" and results.checkpoint_name("l1-seed-x", 7, a) == na
 
 
+def test_a_results_folder_can_be_moved(run_train, tmp_path):
+    """The JSON names its checkpoints relative to its own folder: a moved folder loads its own checkpoints."""
+    _, res = run_train("--variant", "l1", *FAST, out=tmp_path / "a", name="l1")
+    assert res["runs"][0]["checkpoint"] == os.path.basename(res["runs"][0]["checkpoint"]), res["runs"][0]["checkpoint"]
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    moved = results.load(str(tmp_path / "b" / "l1.json"))
+    weights = results.load_checkpoint(str(tmp_path / "b"), moved["runs"][0])
+    assert results.weights_sha256(weights)[:8] in moved["runs"][0]["checkpoint"]
+
+
 # -----------------------------------------------------------------------------
-# reading, summaries and paired statistics
+# names: results files and state files
+
+@pytest.mark.parametrize("name", sorted(results.RESERVED) + ["l1.lock"])
+def test_reserved_names_are_refused(name):
+    """A name the results folder keeps for itself (recipe, sweep, REPORT, ...) cannot name a results file."""
+    why = results.check_name(name)
+    assert why is not None and "reserved" in why, why
+
+
+@pytest.mark.parametrize("name", ["", "l1+l2", "l1@0", "a,b", "a b", "x/y", "../x", ".hidden", "-x", "é", "x" * 101])
+def test_malformed_names_are_refused(name):
+    """Only letters, digits and . _ = - (not first), at most 100: no '+', '@' or ',' which spell state files."""
+    why = results.check_name(name)
+    assert why is not None and "letters, digits" in why, (name, why)
+
+
+@pytest.mark.parametrize("name", ["l1", "l1-3e-4", "l2_1e-5", "lr=0.05", "A.b", "x" * 100])
+def test_ordinary_names_are_accepted(name):
+    """The names the Makefile and the studies use are accepted."""
+    assert results.check_name(name) is None
+
+
+def test_every_set_of_members_has_its_own_state_file(tmp_path):
+    """state_path gives one file per set of (name, seed) members, and the members read back from its name."""
+    sets = [[("l1", 0)], [("l2", 0)], [("l1", 0), ("l2", 0)], [("l1", 0), ("l1", 1)], [("l1", 0), ("l2", 1)],
+            [("l1", 1), ("l2", 0)], [("l1", 0), ("l1", 1), ("l2", 0)], [("l1", 10)], [("l11", 0)]]
+    paths = [loop.state_path(str(tmp_path), m) for m in sets]
+    assert len(set(paths)) == len(sets), paths
+    assert [loop.state_members(p) for p in paths] == sets
+    assert all(os.path.dirname(p) == str(tmp_path / "state") for p in paths), paths
+
+
+def test_no_name_can_forge_another_packs_state_file(tmp_path):
+    """The name that would give the pack l1 seed 0 + l2 seed 0 the state file of one member ('l1@0+l2') and the
+    combined name 'l1+l2' are both refused, so state files never collide."""
+    pack = loop.state_path(str(tmp_path), [("l1", 0), ("l2", 0)])
+    assert loop.state_path(str(tmp_path), [("l1@0+l2", 0)]) == pack  # what a forged name would do
+    assert results.check_name("l1@0+l2") and results.check_name("l1+l2")
+    assert loop.state_path(str(tmp_path), [("l1+l2", 0)]) != pack
+
+
+def test_a_very_long_pack_gets_a_short_distinct_state_file(tmp_path):
+    """A pack whose spelled-out name would pass 200 characters is shortened to its first name and a hash, and two
+    such packs still differ."""
+    a = [(f"variant{i}", s) for i in range(20) for s in range(3)]
+    b = a[:-1]
+    pa, pb = loop.state_path(str(tmp_path), a), loop.state_path(str(tmp_path), b)
+    assert pa != pb and len(os.path.basename(pa)) < 50 and os.path.basename(pa).startswith("variant0@"), (pa, pb)
+    assert loop.state_members(pa) is None
+
+
+# -----------------------------------------------------------------------------
+# reading: a damaged, old or hand-edited file is refused in one line naming it
 
 def test_load_explains_what_is_wrong(tmp_path):
     """A missing file, another schema, no runs: each a ResultsError naming the file."""
@@ -176,11 +291,63 @@ def test_load_explains_what_is_wrong(tmp_path):
     with pytest.raises(results.ResultsError, match="cannot read"):
         results.load(str(path))
     path.write_text(json.dumps({"schema": 1, "runs": []}))
-    with pytest.raises(results.ResultsError, match=r"x.json: schema 1, this code reads schema 2"):
+    with pytest.raises(results.ResultsError, match=r"x.json: schema 1, this code reads schema 3"):
         results.load(str(path))
-    path.write_text(json.dumps({"schema": 2, "variant": "l1", "config": {}, "runs": [], "summary": {}}))
+    path.write_text(json.dumps({"schema": 3, "variant": "l1", "config": {}, "runs": [], "summary": {}}))
     with pytest.raises(results.ResultsError, match="no runs"):
         results.load(str(path))
+
+
+EDITS = {  # key named in the error -> a hand edit of a real one-seed file
+    "final_test_acc_min": lambda r: r["summary"].update(final_test_acc_min=14.0),
+    "final_test_acc_mean": lambda r: r["summary"].update(final_test_acc_mean=r["summary"]["final_test_acc_mean"] + 1),
+    "final_test_acc": lambda r: r["runs"][0].update(final_test_acc=r["runs"][0]["final_test_acc"] + 1.5625),
+    "test_correct": lambda r: r["runs"][0].update(test_correct=r["runs"][0]["test_correct"] + 1),
+    "best_test_acc": lambda r: r["runs"][0].update(best_test_acc=99.9),
+    "best_epoch": lambda r: r["runs"][0].update(best_epoch=2),
+    "first_epoch_at_99_4": lambda r: r["runs"][0].update(first_epoch_at_99_4=1),
+    "checkpoint": lambda r: r["runs"][0].pop("checkpoint"),  # plot.py and verify.py would meet a KeyError
+}
+
+
+@pytest.fixture
+def one_run(run_train, tmp_path):
+    """A real one-seed, one-epoch results file: tmp_path/none.json."""
+    code, res = run_train("--variant", "none", *FAST)
+    assert code == 0
+    return tmp_path / "none.json"
+
+
+@pytest.mark.parametrize("key", list(EDITS))
+def test_a_hand_edited_number_is_refused(one_run, key):
+    """A number that follows from the per-epoch records or the misclassified list edited by hand, or the checkpoint's
+    name removed: results.load refuses the file in one line that names it and the key."""
+    edit(one_run, EDITS[key])
+    with pytest.raises(results.ResultsError) as e:
+        results.load(str(one_run))
+    message = str(e.value)
+    assert len(message.splitlines()) == 1 and str(one_run) in message and key in message, message
+
+
+def test_a_misclassified_list_of_another_length_is_refused(one_run):
+    """Dropping one digit from the misclassified list contradicts the stored correct count."""
+    edit(one_run, lambda r: r["runs"][0].update(misclassified=r["runs"][0]["misclassified"][1:]))
+    with pytest.raises(results.ResultsError, match=r"test_correct is (\d+), its records give (\d+)") as e:
+        results.load(str(one_run))
+    assert str(one_run) in str(e.value)
+
+
+@pytest.mark.parametrize("main", [plot.main, report.main], ids=["plot", "report"])
+def test_renderers_refuse_an_edited_folder(one_run, capsys, main):
+    """plot.py and report.py exit 2 with one line naming the edited file and key, and write nothing."""
+    edit(one_run, EDITS["final_test_acc_min"])
+    before = snapshot(one_run.parent)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["--results", str(one_run.parent)])
+    err = one_line_error(capsys)
+    assert e.value.code == 2 and str(one_run) in err and "final_test_acc_min is 14.0" in err, err
+    assert snapshot(one_run.parent) == before
 
 
 def test_check_merge_names_what_differs():
@@ -193,23 +360,193 @@ def test_check_merge_names_what_differs():
         results.check_merge("r.json", old, {"epochs": 1, "lr": 0.2, "seeds": [0]})
 
 
+def test_a_validation_run_among_test_runs_is_refused(run_train, tmp_path):
+    """load_folder refuses a folder mixing --val and test runs, in one line naming the validation run."""
+    run_train("--variant", "l1", *FAST, name="l1")
+    run_train("--variant", "l1", *FAST, "--val", "--name", "l1-val", name="l1-val")
+    with pytest.raises(results.ResultsError) as e:
+        results.load_folder(str(tmp_path))
+    message = str(e.value)
+    assert len(message.splitlines()) == 1 and "l1-val is a validation run" in message, message
+
+
+# -----------------------------------------------------------------------------
+# schema 2 -> 3
+
+def schema2(folder, res):
+    """res written back as schema 2 wrote it: checkpoints named relative to the repository root."""
+    for run in res["runs"]:
+        run["checkpoint"] = os.path.relpath(os.path.join(str(folder), run["checkpoint"]), results.REPO)
+    res["schema"] = 2
+    res.pop("migrated_from_schema", None)
+    (folder / f"{res['config']['name']}.json").write_text(json.dumps(res))
+    return res
+
+
+def test_a_schema_2_file_says_to_migrate(run_train, tmp_path):
+    """Loading a schema-2 file is a ResultsError that gives the command to migrate its folder."""
+    _, res = run_train("--variant", "l1", *FAST, name="l1")
+    schema2(tmp_path, res)
+    with pytest.raises(results.ResultsError, match=rf"schema 2, .*`python results.py migrate {tmp_path}`"):
+        results.load(str(tmp_path / "l1.json"))
+
+
+def test_migrate_names_checkpoints_by_their_basename(run_train, tmp_path, capsys):
+    """`results.py migrate` rewrites a schema-2 file's repository-relative checkpoint as a name in the JSON's own
+    folder, records the step, and the file then loads with everything else unchanged."""
+    _, res = run_train("--variant", "l1", *FAST, "--seeds", "0,1", name="l1")
+    old = schema2(tmp_path, json.loads(json.dumps(res)))
+    assert all(os.sep in run["checkpoint"] for run in old["runs"]), [r["checkpoint"] for r in old["runs"]]
+    capsys.readouterr()
+    results.main(["migrate", str(tmp_path)])
+    assert capsys.readouterr().out.strip() == f"migrated {tmp_path / 'l1.json'}"
+    new = results.load(str(tmp_path / "l1.json"))
+    assert [run["checkpoint"] for run in new["runs"]] == [run["checkpoint"] for run in res["runs"]]
+    assert new["migrated_from_schema"]["schema"] == 2
+    assert {k: v for k, v in new.items() if k not in ("runs", "migrated_from_schema")} == \
+        {k: v for k, v in res.items() if k != "runs"}
+    assert all(os.path.isfile(checkpoint(tmp_path, run)) for run in new["runs"])
+
+
+# -----------------------------------------------------------------------------
+# summaries and paired statistics
+
 def test_summaries_say_only_what_the_seeds_allow():
     """One seed: a mean without ± and no std; two seeds: mean ± sample std and the min; diverged seeds left out."""
     run = lambda seed, acc, status="ok": {"seed": seed, "final_test_acc": acc, "status": status}
-    one = results.summarize([run(0, 99.4), run(1, 10.0, "diverged")])
+    one = stats.summarize([run(0, 99.4), run(1, 10.0, "diverged")])
     assert one["final_test_acc_std"] is None and one["diverged"] == [1]
-    assert results.describe(one) == "99.40 (1 seed)"
-    two = results.summarize([run(0, 99.4), run(1, 99.2)])
+    assert stats.describe(one) == "99.40 (1 seed)"
+    two = stats.summarize([run(0, 99.4), run(1, 99.2)])
     assert two["final_test_acc_std"] == pytest.approx(0.1414213562, rel=1e-9)
-    assert results.describe(two) == "99.30 ± 0.14 (min 99.20, 2 seeds)"
-    assert results.describe(results.summarize([run(0, 10.0, "diverged")])) == "diverged"
+    assert stats.describe(two) == "99.30 ± 0.14 (min 99.20, 2 seeds)"
+    assert stats.describe(stats.summarize([run(0, 10.0, "diverged")])) == "diverged"
 
 
 def test_paired_interval_by_hand():
     """Mean of the paired differences and its 95% t-interval (t = 4.303 for 2 degrees of freedom)."""
-    mean, lo, hi = results.paired_interval([99.5, 99.4, 99.6], [99.4, 99.4, 99.4])
+    mean, lo, hi = stats.paired_interval([99.5, 99.4, 99.6], [99.4, 99.4, 99.4])
     d = [0.1, 0.0, 0.2]
     sd = (sum((x - 0.1) ** 2 for x in d) / 2) ** 0.5
     assert mean == pytest.approx(0.1) and hi - mean == pytest.approx(4.303 * sd / 3 ** 0.5)
     assert mean - lo == pytest.approx(hi - mean)
-    assert results.paired_interval([99.5], [99.4])[1:] == (None, None)
+    assert stats.paired_interval([99.5], [99.4])[1:] == (None, None)
+
+
+def test_paired_names_every_difference():
+    """stats.paired refuses runs trained differently with every differing key (val included), but not the
+    penalty, the norm or where a run was written."""
+    cfg = {"name": "none", "variant": "none", "l1": 0.0, "l2": 0.0, "norm": "bn", "epochs": 15, "lr": 0.1,
+           "val": False, "out": "results", "seeds": [0, 1]}
+    base = {"config": cfg, "runs": [{"seed": 0, "status": "ok", "final_test_acc": 99.4}]}
+    same = {"config": cfg | {"name": "l1", "variant": "l1", "l1": 1e-5, "norm": "gbn", "out": "x", "seeds": [0]},
+            "runs": [{"seed": 0, "status": "ok", "final_test_acc": 99.5}]}
+    seeds, diffs = stats.paired(same, base)
+    assert seeds == [0] and diffs == [pytest.approx(0.1)], (seeds, diffs)
+    other = same | {"config": same["config"] | {"epochs": 4, "lr": 0.05, "val": True}}
+    with pytest.raises(ValueError) as e:
+        stats.paired(other, base)
+    for key in ("epochs (4 -> 15)", "lr (0.05 -> 0.1)", "val (True -> False)"):
+        assert key in str(e.value), str(e.value)
+
+
+# -----------------------------------------------------------------------------
+# the recipe: every input is checked before recipe.json is written
+
+def val_run(run_train, folder, name, *args, variant="none"):
+    """A real --val run (64 images, 1 epoch) written as folder/<name>.json."""
+    code, res = run_train("--variant", variant, *FAST, "--val", "--name", name, *args, out=folder, name=name)
+    assert res is not None, code
+    return res
+
+
+@pytest.fixture
+def search(run_train, tmp_path):
+    """tmp_path/recipe holding two real candidates, base and nodrop (--dropout 0); recipe.json goes to tmp_path."""
+    folder = tmp_path / "recipe"
+    val_run(run_train, folder, "base")
+    val_run(run_train, folder, "nodrop", "--dropout", "0")
+    return folder
+
+
+def test_recipe_then_lambdas_are_written_from_checked_inputs(search, run_train):
+    """`make recipe` then `make lambdas`: write_recipe writes ../recipe.json naming the chosen candidate, then, with
+    a lambda run under the chosen recipe in lambda/, a lambda per penalty as well."""
+    first = results.write_recipe(str(search), ["base", "nodrop"])
+    assert first["chosen"] in ("base", "nodrop") and first["lambdas"] is None, first["chosen"]
+    assert [c["name"] for c in first["candidates"]] == ["base", "nodrop"]
+    dropout = ["--dropout", "0"] if first["chosen"] == "nodrop" else []
+    val_run(run_train, search / "lambda", "l1-1e-4", "--l1", "1e-4", *dropout, variant="l1")
+    out = results.write_recipe(str(search), ["base", "nodrop"])
+    written = json.loads((search.parent / "recipe.json").read_text())
+    assert written == out and written["chosen"] == first["chosen"], written["chosen"]
+    assert set(written["lambdas"]) == {"l1", "l2"} and [p["lambda"] for p in written["lambda_points"]] == [1e-4]
+
+
+def recipe_refused(folder, order, *words):
+    """write_recipe raises one line holding every word, and recipe.json beside folder stays as it was."""
+    path = folder.parent / "recipe.json"
+    before = path.read_bytes() if path.exists() else None
+    with pytest.raises(results.ResultsError) as e:
+        results.write_recipe(str(folder), order)
+    message = str(e.value)
+    assert len(message.splitlines()) == 1 and all(w in message for w in words), message
+    assert (path.read_bytes() if path.exists() else None) == before, "recipe.json changed"
+
+
+def test_a_lambda_run_on_the_test_split_is_refused(search, run_train):
+    """A lambda run without --val would choose lambda on the test set: refused, naming its file; no recipe.json."""
+    run_train("--variant", "l1", *FAST, "--l1", "3e-4", "--name", "l1-3e-4", out=search / "lambda", name="l1-3e-4")
+    recipe_refused(search, ["base", "nodrop"], str(search / "lambda" / "l1-3e-4.json"), "not a validation run")
+
+
+@pytest.mark.parametrize("flag,value,key", [("--epochs", "2", "epochs"), ("--seeds", "0,1", "seeds")])
+def test_a_candidate_on_other_terms_is_refused(search, run_train, flag, value, key):
+    """A candidate with other epochs or other seeds than the first is refused, naming its file and the key."""
+    val_run(run_train, search, "rot10", "--rotate-deg", "10", flag, value)
+    recipe_refused(search, ["base", "nodrop", "rot10"], str(search / "rot10.json"), f"has {key}")
+
+
+def test_a_lambda_run_under_another_recipe_is_refused(search, run_train):
+    """A lambda run trained with --dropout 0 while the chosen recipe keeps the default dropout is refused,
+    naming its file and the difference; a passing recipe.json from before stays byte for byte."""
+    results.write_recipe(str(search), ["base"])  # base alone: the chosen recipe keeps dropout 0.05
+    val_run(run_train, search / "lambda", "l2-1e-4", "--l2", "1e-4", "--dropout", "0", variant="l2")
+    recipe_refused(search, ["base"], str(search / "lambda" / "l2-1e-4.json"), "another recipe", "dropout (0.05 -> 0.0)")
+
+
+def test_candidates_that_all_diverged_are_refused(run_train, tmp_path):
+    """When every seed of every candidate diverged there is nothing to choose: refused in one line naming their files."""
+    folder = tmp_path / "recipe"
+    val_run(run_train, folder, "hot", "--lr", "1e30")
+    val_run(run_train, folder, "hotter", "--lr", "1e31")
+    diverged = {n: json.loads((folder / f"{n}.json").read_text())["summary"]["diverged"] for n in ("hot", "hotter")}
+    assert diverged == {"hot": [0], "hotter": [0]}, diverged
+    recipe_refused(folder, ["hot", "hotter"], "diverged", str(folder / "hot.json"), str(folder / "hotter.json"))
+
+
+def test_a_diverged_candidate_is_never_chosen(search, run_train):
+    """A candidate whose every seed diverged is listed as diverged and not chosen, even when listed first."""
+    val_run(run_train, search, "hot", "--lr", "1e30")
+    out = results.write_recipe(str(search), ["hot", "base"])
+    assert out["chosen"] == "base" and out["candidates"][0]["val_acc_mean"] is None, out["candidates"][0]
+
+
+def test_the_recipe_command_refuses_in_one_line(search, run_train, capsys):
+    """`python results.py recipe` on a refused input exits with one line naming the file; recipe.json absent."""
+    run_train("--variant", "l1", *FAST, "--l1", "3e-4", "--name", "l1-3e-4", out=search / "lambda", name="l1-3e-4")
+    with pytest.raises(SystemExit) as e:
+        results.main(["recipe", str(search), "base", "nodrop"])
+    message = str(e.value.code)
+    assert message.startswith("results.py: error: ") and len(message.splitlines()) == 1, message
+    assert str(search / "lambda" / "l1-3e-4.json") in message and not (search.parent / "recipe.json").exists()
+
+
+def test_the_committed_validation_search_reproduces(tmp_path):
+    """The rules applied to a copy of results/recipe choose the recipe and the lambdas results/recipe.json holds."""
+    shutil.copytree(os.path.join(ROOT, "results", "recipe"), tmp_path / "recipe")
+    committed = json.load(open(os.path.join(ROOT, "results", "recipe.json")))
+    out = results.write_recipe(str(tmp_path / "recipe"), ["base", "nodrop", "rot10", "constmom"])
+    assert (out["chosen"], out["lambdas"]) == (committed["chosen"], committed["lambdas"])
+    assert [c["val_acc_mean"] for c in out["candidates"]] == [c["val_acc_mean"] for c in committed["candidates"]]
+    assert out["rule"] == rules.RECIPE_RULE == committed["rule"]

@@ -1,47 +1,23 @@
-"""Training: learns, is deterministic, writes a JSON that tells the truth, resumes exactly, fails in one line."""
-import errno
+"""Training: it learns, the same command gives the same numbers, the comparison is fair, and every number in
+the JSON is what a direct computation gives."""
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import data
 import loop
-import results
+import model
 import train
-from conftest import DATA, ROOT, checkpoint
+from conftest import DATA, FP32, METRICS, TRAIN_PY, checkpoint, metrics
 from model import Net
-
-METRICS = ("train_loss", "penalty", "train_acc", "test_loss", "test_acc", "lr", "momentum", "weight_norm")
-FP32 = ["--precision", "fp32"]  # eager bf16 is emulated on most CPUs (~4x slower); for tests of the loop, not numerics
-TRAIN_PY = os.path.join(ROOT, "train.py")
-
-
-def metrics(result):
-    """Everything a run measured except wall time."""
-    return [[{k: e[k] for k in METRICS} for e in r["epochs"]] + [r["final_test_acc"], r["misclassified"]]
-            for r in result["runs"]]
-
-
-def one_line_error(capsys):
-    """stderr of a failed train.main: exactly one non-empty line, no traceback."""
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0], err
-    return err[0]
-
-
-def popen(*args):
-    """train.py as a program, with Ctrl-C at its default even where the calling shell ignores SIGINT."""
-    return subprocess.Popen([sys.executable, TRAIN_PY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+from regularizers import VARIANTS
 
 
 # -----------------------------------------------------------------------------
@@ -66,9 +42,9 @@ def test_same_command_same_numbers(run_train, tmp_path):
     _, a = run_train("--variant", "l1l2", "--epochs", "1", out=tmp_path / "a", name="l1l2")
     _, b = run_train("--variant", "l1l2", "--epochs", "1", out=tmp_path / "b", name="l1l2")
     _, c = run_train("--variant", "l1l2", "--epochs", "1", "--seeds", "1", out=tmp_path / "c", name="l1l2")
-    assert metrics(a) == metrics(b)
-    assert open(checkpoint(a["runs"][0]), "rb").read() == open(checkpoint(b["runs"][0]), "rb").read()
-    assert metrics(a) != metrics(c)
+    assert metrics(a) == metrics(b) and metrics(a) != metrics(c)
+    blobs = [open(checkpoint(tmp_path / d, r["runs"][0]), "rb").read() for d, r in (("a", a), ("b", b))]
+    assert blobs[0] == blobs[1]
 
 
 def test_same_command_same_numbers_across_processes(tmp_path):
@@ -76,20 +52,13 @@ def test_same_command_same_numbers_across_processes(tmp_path):
     args = ["--variant", "none", "--epochs", "1", "--train-limit", "320", "--test-limit", "160", "--device", "cpu",
             "--data", DATA]
     for d in ("a", "b"):
-        r = subprocess.run([sys.executable, TRAIN_PY, *args, "--out", str(tmp_path / d)],
-                           capture_output=True, text=True)
+        r = subprocess.run([sys.executable, TRAIN_PY, *args, "--out", str(tmp_path / d)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
     a, b = (json.load(open(tmp_path / d / "none.json")) for d in "ab")
     assert a["config"]["compile"] and b["config"]["compile"], "the compiled path fell back to eager"
     assert metrics(a) == metrics(b)
-    assert open(checkpoint(a["runs"][0]), "rb").read() == open(checkpoint(b["runs"][0]), "rb").read()
-
-
-def test_variants_share_initial_weights_and_data_order(run_train, tmp_path):
-    """For one seed, only the penalty differs between variants: with lambda 0 l1 reproduces none exactly."""
-    _, none = run_train("--variant", "none", "--epochs", "1", out=tmp_path / "n")
-    _, l1 = run_train("--variant", "l1", "--l1", "0", "--epochs", "1", out=tmp_path / "l", name="l1")
-    assert metrics(none) == metrics(l1)
+    blobs = [open(checkpoint(tmp_path / d, r["runs"][0]), "rb").read() for d, r in (("a", a), ("b", b))]
+    assert blobs[0] == blobs[1]
 
 
 def test_huge_lambda_diverges(run_train):
@@ -101,12 +70,82 @@ def test_huge_lambda_diverges(run_train):
 
 
 # -----------------------------------------------------------------------------
-# the JSON tells the truth
+# fairness: for one seed every variant sees the same data, rotations and masks; only the penalty and norm differ
 
-def test_json_schema_and_checkpoint(run_train, mnist):
-    """The JSON has every promised key; the checkpoint it names loads into a plain Net() and reproduces the score."""
+@pytest.fixture
+def streams(monkeypatch):
+    """Record, step by step, the uint8 images each run trains on, its rotation angles and its dropout bytes."""
+    seen = []
+    augment, angles, noise = data.augment, data.rotation_angles, model.PackedNet.draw_noise
+    monkeypatch.setattr(data, "augment", lambda x, *a, **kw: seen[-1]["images"].append(x.clone()) or augment(x, *a, **kw))
+    monkeypatch.setattr(data, "rotation_angles",
+                        lambda *a, **kw: seen[-1]["angles"].append(angles(*a, **kw)) or seen[-1]["angles"][-1])
+
+    def draw_noise(self, n):
+        masks = noise(self, n)
+        seen[-1]["masks"].append(torch.cat([m.flatten() for m in masks]))
+        return masks
+    monkeypatch.setattr(model.PackedNet, "draw_noise", draw_noise)
+
+    def record(run_train, *args, **kw):
+        seen.append({"images": [], "angles": [], "masks": []})
+        assert run_train(*args, "--epochs", "1", "--train-limit", "96", "--test-limit", "64", *FP32, **kw)[0] == 0
+        return seen[-1]
+    return record
+
+
+def same(a, b):
+    return all(len(a[k]) == len(b[k]) and all(torch.equal(x, y) for x, y in zip(a[k], b[k])) for k in a)
+
+
+def test_every_variant_sees_the_same_data_rotations_and_masks(run_train, tmp_path, streams):
+    """For seed 0, none, l1, l2, l1l2, gbn and gbn_l1l2 train on the same images in the same order, with the same
+    rotation angles and the same dropout bytes, step for step."""
+    runs = {v: streams(run_train, "--variant", v, out=tmp_path / v, name=v) for v in VARIANTS}
+    first = runs["none"]
+    assert len(first["images"]) == 3 and len(first["masks"]) == 3, {k: len(v) for k, v in first.items()}
+    for v, seen in runs.items():
+        assert same(seen, first), f"{v} saw other images, angles or masks than none"
+
+
+def test_another_seed_sees_other_data_rotations_and_masks(run_train, tmp_path, streams):
+    """Seeds 0 and 1 of one variant differ in data order, rotation angles and dropout bytes."""
+    a = streams(run_train, "--variant", "none", out=tmp_path / "a")
+    b = streams(run_train, "--variant", "none", "--seeds", "1", out=tmp_path / "b")
+    for key in ("images", "angles", "masks"):
+        assert not torch.equal(torch.cat([t.flatten().float() for t in a[key]]),
+                               torch.cat([t.flatten().float() for t in b[key]])), f"seed 1 repeats seed 0's {key}"
+
+
+def test_rotation_happens_within_its_range(run_train, tmp_path, streams, mnist):
+    """Every image is rotated by its own angle within ±rotate_deg (both signs occur), and a rotated batch
+    differs from the unrotated one; --rotate-deg 0 leaves the images as they are."""
+    seen = streams(run_train, "--variant", "none", "--rotate-deg", "5", out=tmp_path / "r")
+    deg = torch.cat([a.flatten() for a in seen["angles"]]).rad2deg()
+    assert len(deg) == 96 and deg.abs().max() <= 5 and deg.min() < -1 and deg.max() > 1, deg
+    norm = {"mean": 0.1307, "std": 0.3081}
+    gens = [torch.Generator().manual_seed(0)]
+    batch = seen["images"][0]
+    rotated, plain = data.augment(batch, norm, 5.0, gens), data.augment(batch, norm, 0.0, gens)
+    assert (rotated - plain).abs().max() > 0.5
+    unrotated = streams(run_train, "--variant", "none", "--rotate-deg", "0", out=tmp_path / "z")
+    assert unrotated["angles"] == []
+
+
+def test_zero_lambda_reproduces_none(run_train, tmp_path):
+    """With λ1 = 0, l1 computes exactly what none computes: the penalty is the only difference."""
+    _, none = run_train("--variant", "none", "--epochs", "1", out=tmp_path / "n")
+    _, l1 = run_train("--variant", "l1", "--l1", "0", "--epochs", "1", out=tmp_path / "l", name="l1")
+    assert metrics(none) == metrics(l1)
+
+
+# -----------------------------------------------------------------------------
+# every number in the JSON against a direct computation
+
+def test_json_has_every_promised_key(run_train):
+    """Schema 3: config, env, per-run and per-epoch keys; the checkpoint is named relative to the JSON's folder."""
     code, res = run_train("--variant", "l2", "--epochs", "2", "--seeds", "0,1", *FP32, name="l2")
-    assert code == 0 and res["schema"] == 2 and res["variant"] == "l2"
+    assert code == 0 and res["schema"] == 3 and res["variant"] == "l2"
     assert {"normalize", "epochs", "seeds", "l1", "l2", "lr", "batch_size", "compile", "precision", "dropout_masks",
             "eval_batch_size", "cycle_momentum", "momentum_range"} <= set(res["config"])
     assert {"command", "git_commit", "torch", "device", "deterministic", "data_sha256", "started",
@@ -116,36 +155,60 @@ def test_json_schema_and_checkpoint(run_train, mnist):
     assert {"seed", "epochs", "final_test_acc", "test_correct", "best_test_acc", "best_epoch", "first_epoch_at_99_4",
             "misclassified", "checkpoint", "near_zero_fraction", "pack_size", "env"} <= set(run)
     assert [set(e) for e in run["epochs"]] == [{"epoch", *METRICS, "seconds"}] * 2
-    assert run["epochs"][-1]["penalty"] > 0
-    # the dropout probability that really ran: exact with bernoulli masks, a multiple of 1/256 with bytes
-    assert run["dropout_p"] == (0.05 if res["config"]["dropout_masks"] == "bernoulli" else 13 / 256)
-    net = Net()
-    net.load_state_dict(torch.load(checkpoint(run), weights_only=True))
-    x, y = mnist[2][:320], mnist[3][:320]
-    with torch.no_grad():
-        pred = net.eval()(data.to_float(x, res["config"]["normalize"])).argmax(1)
-    assert (pred == y.long()).sum().item() == run["test_correct"]
+    assert os.path.basename(run["checkpoint"]) == run["checkpoint"] and run["checkpoint"].startswith("l2-seed0-")
+    # the dropout probability that really ran: a multiple of 1/256 with byte masks
+    assert run["dropout_p"] == 13 / 256 and run["epochs"][-1]["penalty"] > 0
 
 
-def test_json_values_are_what_was_computed(run_train, capsys):
-    """Final accuracy, misclassified, weight norms and near-zero fraction agree with the checkpoint; env is true;
-    one seed prints without a ± (there is no spread to print)."""
-    code, res = run_train("--variant", "l1", "--epochs", "2", "--test-limit", "160", name="l1")
-    out = capsys.readouterr().out
-    assert code == 0 and "(1 seed)" in out and "±" not in out, out
+def test_train_loss_and_accuracy_are_the_first_steps(run_train, tmp_path, mnist):
+    """One step (32 images, no dropout, no rotation): the epoch's train loss and accuracy are those of the seed's
+    initial Net on the batch its data generator picks, computed here from scratch."""
+    code, res = run_train("--variant", "none", "--epochs", "1", "--train-limit", "32", "--dropout", "0",
+                          "--rotate-deg", "0", "--no-channels-last", *FP32)
+    loop.seed_everything(0)
+    net = Net(0.0)
+    order = torch.randperm(32, generator=torch.Generator().manual_seed(0 + 1_000_003))
+    x, y = data.to_float(mnist[0][:32][order], {"mean": 0.1307, "std": 0.3081}), mnist[1][:32][order].long()
+    logits = net.train()(x)
+    epoch = res["runs"][0]["epochs"][0]
+    assert code == 0 and epoch["train_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert epoch["train_acc"] == 100 * (logits.argmax(1) == y).sum().item() / 32
+
+
+def test_test_numbers_are_the_checkpoints(run_train, tmp_path, mnist):
+    """The final test loss, accuracy, correct count and misclassified list equal the checkpoint evaluated here;
+    best_epoch is the epoch of the highest test accuracy; near_zero_fraction and the weight norms are the
+    checkpoint's."""
+    code, res = run_train("--variant", "l1", "--epochs", "3", "--test-limit", "160", *FP32, name="l1")
     run = res["runs"][0]
-    assert run["final_test_acc"] == run["epochs"][-1]["test_acc"]
-    assert len(run["misclassified"]) == 160 - run["test_correct"]
-    assert run["final_test_acc"] == 100 * run["test_correct"] / 160
-    sd = torch.load(checkpoint(run), weights_only=True)
+    sd = torch.load(checkpoint(tmp_path, run), weights_only=True)
+    net = Net()
+    net.load_state_dict(sd)
+    x, y = data.to_float(mnist[2][:160], res["config"]["normalize"]), mnist[3][:160].long()
+    with torch.no_grad():
+        logits = net.eval()(x)
+    pred = logits.argmax(1)
+    assert code == 0 and run["epochs"][-1]["test_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert run["test_correct"] == (pred == y).sum().item() and run["final_test_acc"] == 100 * run["test_correct"] / 160
+    assert run["misclassified"] == [{"index": i, "label": int(y[i]), "pred": int(pred[i])}
+                                    for i in (pred != y).nonzero().flatten().tolist()]
+    accs = [e["test_acc"] for e in run["epochs"]]
+    assert run["best_epoch"] == accs.index(max(accs)) + 1 and run["best_test_acc"] == max(accs)
     convs = {k.split(".")[0]: w.double() for k, w in sd.items() if w.dim() == 4}
-    assert set(run["epochs"][-1]["weight_norm"]) == set(convs) == {f"conv{i}" for i in range(1, 10)}
     for name, w in convs.items():
         assert run["epochs"][-1]["weight_norm"][name] == pytest.approx(torch.linalg.norm(w.flatten()).item(), rel=1e-6)
     small = sum((w.abs() < 0.01 * w.abs().max()).sum().item() for w in convs.values())
     assert run["near_zero_fraction"] == pytest.approx(small / sum(w.numel() for w in convs.values()), rel=1e-12)
+
+
+def test_env_is_true(run_train, capsys):
+    """env: deterministic on, the device and pack size that ran; one seed prints without a ± (no spread)."""
+    code, res = run_train("--variant", "l1", "--epochs", "1", "--test-limit", "160", *FP32, name="l1")
+    out = capsys.readouterr().out
+    assert code == 0 and "(1 seed)" in out and "±" not in out, out
+    run = res["runs"][0]
     assert res["env"]["deterministic"] is True and run["env"]["deterministic"] is True
-    assert run["pack_size"] == 1 and res["env"]["device"] == "cpu"
+    assert run["pack_size"] == 1 and res["env"]["device"] == "cpu" and res["env"]["threads"] == torch.get_num_threads()
 
 
 def test_without_git_the_commit_is_unknown(run_train, monkeypatch):
@@ -160,8 +223,7 @@ def test_without_git_the_commit_is_unknown(run_train, monkeypatch):
 def test_data_sha256_names_the_files_read(run_train):
     """env.data_sha256 is the SHA-256 of the four files' SHA-256 hex digests, in the order train.py reads them."""
     _, res = run_train("--variant", "none", "--epochs", "1", "--train-limit", "64", "--test-limit", "64", *FP32)
-    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    digests = [hashlib.sha256(open(os.path.join(DATA, "MNIST", "raw", n), "rb").read()).hexdigest() for n in names]
+    digests = [hashlib.sha256(open(os.path.join(DATA, "MNIST", "raw", n), "rb").read()).hexdigest() for n in data.FILES]
     assert res["env"]["data_sha256"] == hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
@@ -219,270 +281,10 @@ def test_val_never_reads_the_test_set(run_train, monkeypatch, mnist):
     monkeypatch.setattr(loop, "evaluate", lambda net, x, y, cfg: seen.append((x, y)) or evaluate(net, x, y, cfg))
     code, res = run_train("--variant", "none", "--val", "--epochs", "1", "--train-limit", "64", "--test-limit", "160",
                           *FP32)
-    assert code == 0 and res["config"]["val"] is True
+    assert code == 0 and res["config"]["val"] is True and seen
     for x, y in seen:
         assert torch.equal(x.cpu(), mnist[0][50000:50160]) and torch.equal(y.cpu(), mnist[1][50000:50160])
     assert all(m["label"] == int(mnist[1][50000 + m["index"]]) for m in res["runs"][0]["misclassified"])
-
-
-# -----------------------------------------------------------------------------
-# resume: exact after a kill, refused where it would mix two runs
-
-def resume_equals_uninterrupted(args, tmp_path, timeout=120):
-    """Run train.py ARGS (variant l1, seed 0) as a program, SIGKILL it once its first epoch's state is saved,
-    finish it with --resume, run it again uninterrupted: the two must end bit-identical."""
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, TRAIN_PY, *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    state = killed / "state" / "l1-seed0.pt"
-    deadline = time.time() + timeout
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert state.exists(), f"the run finished or failed before it could be killed: {proc.stderr.read()[-2000:]}"
-    assert train.main([*args, "--out", str(killed), "--resume"]) == 0
-    assert not state.exists(), "a finished run must remove its state"
-    assert train.main([*args, "--out", str(tmp_path / "whole")]) == 0
-    resumed, whole = (json.load(open(tmp_path / d / "l1.json")) for d in ("killed", "whole"))
-    assert metrics(resumed) == metrics(whole)
-    wa, wb = (torch.load(checkpoint(r["runs"][0]), weights_only=True) for r in (resumed, whole))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
-    """A run killed (SIGKILL) after its first epoch and resumed ends bit-identical to one never interrupted."""
-    resume_equals_uninterrupted(["--variant", "l1", "--epochs", "3", "--train-limit", "640", "--test-limit", "160",
-                                 "--device", "cpu", "--data", DATA, "--no-compile", *FP32], tmp_path)
-
-
-@pytest.fixture
-def stopped(tmp_path, monkeypatch, capsys):
-    """A run stopped by a full disk after its first epoch: (its arguments, its state file, its stderr); no JSON."""
-    args = ["--variant", "l1", "--epochs", "2", "--train-limit", "64", "--test-limit", "64", "--device", "cpu",
-            "--data", DATA, "--out", str(tmp_path), "--no-compile", *FP32]
-    save_torch, calls = results.save_torch, []
-
-    def second_save_fails(path, obj):  # the state after epoch 1 is written, the one after epoch 2 is not
-        calls.append(path)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", path)
-        save_torch(path, obj)
-    with monkeypatch.context() as m:
-        m.setattr(results, "save_torch", second_save_fails)
-        with pytest.raises(SystemExit) as e:
-            train.main(args)
-    assert e.value.code == 1 and not (tmp_path / "l1.json").exists()
-    return args, tmp_path / "state" / "l1-seed0.pt", capsys.readouterr().err
-
-
-def test_full_disk_is_one_line_and_resumable(stopped, capsys):
-    """A full disk while training: exit 1, one line naming the file, the problem and --resume; --resume finishes."""
-    args, state, err = stopped
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert "No space left on device" in err and str(state) in err and "--resume" in err, err
-    assert state.exists() and not list(state.parent.glob("*.tmp*"))
-    assert train.main([*args, "--resume"]) == 0
-    res = json.load(open(state.parent.parent / "l1.json"))
-    assert [e["epoch"] for e in res["runs"][0]["epochs"]] == [1, 2] and not state.exists()
-
-
-def test_resume_with_truncated_state_is_one_line(stopped, capsys):
-    """--resume from a truncated state file: exit 2 and one line naming the file, no traceback."""
-    args, state, _ = stopped
-    blob = state.read_bytes()
-    state.write_bytes(blob[:len(blob) // 2])
-    with pytest.raises(SystemExit) as e:
-        train.main([*args, "--resume"])
-    err = one_line_error(capsys)
-    assert e.value.code == 2 and str(state) in err and "damaged" in err, err
-
-
-@pytest.mark.parametrize("change", ["device", "lr"])
-def test_resume_with_other_config_or_device_is_refused(stopped, capsys, change):
-    """State saved on another device, or by another config, is refused, not silently mixed."""
-    args, state, _ = stopped
-    if change == "device":  # as if saved on a GPU: the state's signature names its device
-        st = torch.load(state, weights_only=True)
-        assert [m["device"] for m in st["members"]] == ["cpu"]
-        st["members"] = [m | {"device": "cuda"} for m in st["members"]]
-        results.save_torch(str(state), st)
-    else:
-        args = [*args, "--lr", "0.05"]
-    with pytest.raises(SystemExit) as e:
-        train.main([*args, "--resume"])
-    err = one_line_error(capsys)
-    assert e.value.code == 2 and "different config or device" in err, err
-
-
-def test_resume_without_state_explains(tmp_path, capsys):
-    """--resume with nothing to resume is a one-line error and exit 2."""
-    with pytest.raises(SystemExit) as e:
-        train.main(["--variant", "l1", "--data", DATA, "--out", str(tmp_path), "--resume", "--no-compile",
-                    "--train-limit", "64", "--test-limit", "64", "--device", "cpu"])
-    assert e.value.code == 2 and "no saved state" in one_line_error(capsys)
-
-
-# -----------------------------------------------------------------------------
-# bad input: exit 2, one line, no traceback, and nothing trained
-
-BAD = [  # (arguments, fragment of the error message, refused by the parser: before any file is touched)
-    (["--variant", "l3"], "invalid choice: 'l3'", True),
-    (["--variant", "l1", "--epochs", "0"], "must be an integer > 0", True),
-    (["--variant", "l1", "--epochs", "abc"], "must be an integer > 0", True),
-    (["--variant", "l1", "--epochs", "1.5"], "must be an integer > 0", True),
-    (["--variant", "l1", "--seeds", "a,b"], "must be distinct comma-separated integers in [0, 2^32)", True),
-    (["--variant", "l1", "--seeds", "1,1"], "must be distinct", True),
-    (["--variant", "l1", "--seeds", "0,-1"], "in [0, 2^32)", True),
-    (["--variant", "l1", "--seeds", "0,4294967296"], "argument --seeds: '0,4294967296' must be", True),
-    (["--variant", "l1", "--l1", "-1"], "finite number >= 0", True),
-    (["--variant", "l1", "--l1", "nan"], "finite number >= 0", True),
-    (["--variant", "l2", "--l2", "inf"], "finite number >= 0", True),
-    (["--variant", "none", "--l2", "1e-3"], "none of none has an L2 penalty", True),
-    (["--variant", "l1", "--lr", "0"], "must be a finite number > 0", True),
-    (["--variant", "l1", "--lr", "nan"], "must be a finite number > 0", True),
-    (["--variant", "l1", "--dropout", "1"], "must be < 1", True),
-    (["--variant", "l1", "--warmup", "1"], "must be < 1", True),
-    (["--variant", "l1", "--device", "tpu"], "invalid choice: 'tpu'", True),
-    (["--variant", "l1", "--dtype", "float64"], "needs --precision fp32", True),
-    (["--variant", "l1,gbn", "--packed"], "one kind of norm", True),
-    (["--variant", "l1", "--train-limit", "0"], "must be an integer > 0", True),
-    (["--variant", "l1", "--name", "../x"], "plain file name", True),
-    (["--variant", "l1", "--name", "x" * 300], "at most 100 characters", True),
-    (["--variant", "l1,l2", "--name", "x"], "for one variant", True),
-    (["--variant", "l1", "--train-limit", "70000"], "larger than the 60,000 images", False),
-    (["--variant", "l1", "--test-limit", "20000"], "larger than the 10,000 images", False),
-    (["--variant", "l1", "--data", "/nonexistent/mnist"], "is not a directory", False),
-    (["--variant", "l1", "--out", "/proc/no/such"], "cannot write to --out", False),
-]
-
-
-@pytest.mark.parametrize("args,message,at_parse", BAD, ids=[" ".join(a)[:60] for a, _, _ in BAD])
-def test_bad_input_is_a_one_line_error(args, message, at_parse, capsys, tmp_path, monkeypatch):
-    """Every bad input ends with exit 2 and one line naming the problem, no traceback, before any training."""
-    monkeypatch.setattr(train, "train_pack", lambda *a, **kw: pytest.fail("bad input reached training"))
-    out = tmp_path / "out"
-    args = [*args, *([] if "--out" in args else ["--out", str(out)]), *([] if "--data" in args else ["--data", DATA]),
-            "--no-compile"]
-    with pytest.raises(SystemExit) as e:
-        train.main(args)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and message in err[-1] and len(err) <= 2 and "Traceback" not in "".join(err), err
-    if at_parse:
-        assert not out.exists(), "refused only after touching --out"
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_without_a_gpu(capsys):
-    """Asking for cuda where there is none is a clear error, not a crash deep in torch."""
-    with pytest.raises(SystemExit) as e:
-        train.main(["--variant", "l1", "--device", "cuda"])
-    assert e.value.code == 2 and "no CUDA device" in capsys.readouterr().err
-
-
-def test_bad_variant_from_the_shell():
-    """Run as a program: exit 2, argparse's usage line and one error line, no traceback."""
-    r = subprocess.run([sys.executable, TRAIN_PY, "--variant", "l3"], capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 3, r.stderr
-    assert "invalid choice: 'l3'" in r.stderr
-
-
-@pytest.fixture
-def no_download(monkeypatch):
-    """Any attempt to fetch MNIST fails the test: a broken data folder must be reported, not re-downloaded."""
-    for fn in ("fetch_torchvision", "fetch_pypi"):
-        monkeypatch.setattr(data, fn, lambda root: pytest.fail("tried to download MNIST"))
-
-
-def bad_data_folder(tmp_path, damage):
-    """A data folder holding copies of the IDX files, then damaged."""
-    import shutil
-    root = tmp_path / "d"
-    raw = root / "MNIST" / "raw"
-    os.makedirs(raw)
-    for name in data.FILES:
-        shutil.copy(os.path.join(data.raw_dir(DATA), name), raw)
-    damage(raw)
-    return str(root)
-
-
-def truncate_test_images(raw):
-    with open(raw / "t10k-images-idx3-ubyte", "r+b") as f:
-        f.truncate(5000)
-
-
-def directory_for_test_labels(raw):
-    os.remove(raw / "t10k-labels-idx1-ubyte")
-    os.mkdir(raw / "t10k-labels-idx1-ubyte")
-
-
-def symlink_loop_for_raw(raw):
-    import shutil
-    shutil.rmtree(raw)
-    os.symlink("raw", raw)  # MNIST/raw -> MNIST/raw: every lookup below it fails with ELOOP
-
-
-@pytest.mark.parametrize("damage,names", [(truncate_test_images, "t10k-images-idx3-ubyte"),
-                                          (directory_for_test_labels, "t10k-labels-idx1-ubyte"),
-                                          (symlink_loop_for_raw, os.path.join("MNIST", "raw"))],
-                         ids=["truncated", "directory", "symlink-loop"])
-def test_broken_data_never_trains(tmp_path, capsys, no_download, monkeypatch, damage, names):
-    """A truncated IDX file, an IDX path that is a directory, a raw/ folder that is a symlink loop: exit 2 and one
-    line naming the path, before any training."""
-    monkeypatch.setattr(train, "train_pack", lambda *a, **kw: pytest.fail("broken data reached training"))
-    root = bad_data_folder(tmp_path, damage)
-    with pytest.raises(SystemExit) as e:
-        train.main(["--variant", "l1", "--data", root, "--out", str(tmp_path / "o"), "--no-compile"])
-    err = one_line_error(capsys)
-    assert e.value.code == 2 and names in err, err
-    assert not os.path.exists(tmp_path / "o" / "l1.json")
-
-
-def test_make_rejects_bad_epochs():
-    """`make l1 EPOCHS=abc` stops with a message naming the variable (make -n: a broken guard cannot train)."""
-    r = subprocess.run(["make", "-n", "-C", ROOT, "l1", "EPOCHS=abc"], capture_output=True, text=True)
-    assert r.returncode != 0 and "EPOCHS=abc must be a positive integer" in r.stderr, r.stderr
-    assert "train.py" not in r.stdout
-
-
-# -----------------------------------------------------------------------------
-# Ctrl-C: exit 130 and one line, whenever it comes
-
-def test_ctrl_c_while_starting(tmp_path):
-    """Ctrl-C while torch is still importing: exit 130, one line, no traceback."""
-    proc = popen("--variant", "none", "--epochs", "1", "--train-limit", "64", "--test-limit", "64", "--device", "cpu",
-                 "--data", DATA, "--out", str(tmp_path), "--no-compile")
-    started = time.time()
-    while not torch_is_loading(proc.pid, started) and proc.poll() is None and time.time() < started + 30:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert "epoch  1/" not in out and not (tmp_path / "none.json").exists()
-
-
-def torch_is_loading(pid, started):
-    """torch's library is mapped into the process: train.py is past its first lines and importing torch."""
-    try:
-        return "libtorch" in open(f"/proc/{pid}/maps").read()
-    except OSError:  # no /proc: 0.3 s is well into torch's import
-        return time.time() > started + 0.3
-
-
-def test_ctrl_c_while_training(tmp_path):
-    """Ctrl-C after the first epoch: exit 130 with one line that says how to continue; the epoch state stays."""
-    proc = popen("--variant", "none", "--epochs", "5", "--train-limit", "640", "--test-limit", "160", "--device", "cpu",
-                 "--data", DATA, "--out", str(tmp_path), "--no-compile", *FP32)
-    watchdog = threading.Timer(300, proc.kill)
-    watchdog.start()
-    for line in proc.stdout:
-        if "epoch  1/5" in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    err = proc.communicate()[1]
-    watchdog.cancel()
-    assert proc.returncode == 130 and "Traceback" not in err and "--resume" in err, err
-    assert len(err.strip().splitlines()) == 1, err
 
 
 # -----------------------------------------------------------------------------

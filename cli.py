@@ -1,0 +1,33 @@
+"""The command-line frame of the tools that read a results folder (plot.py, report.py, verify.py): their folder
+flags, and every way they can fail ending in one line and an exit code."""
+import argparse
+import os
+
+import data
+import results
+
+
+def tool_parser(prog, doc, results_help, data_help=None):
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default=os.path.join(results.REPO, "results"), help=results_help)
+    if data_help:
+        p.add_argument("--data", default=data.DEFAULT_ROOT, help=data_help)
+    return p
+
+
+def run_tool(p, args, job):
+    """job() with every way it can fail as one line: a folder that is not there or a damaged file (exit 2), a
+    write that fails (1), Ctrl-C (130); files are replaced whole, so none is left half-written."""
+    if not os.path.isdir(args.results):
+        p.exit(2, f"{p.prog}: error: --results {args.results} is not a directory\n")
+    if getattr(args, "data", data.DEFAULT_ROOT) != data.DEFAULT_ROOT and not os.path.isdir(args.data):
+        p.exit(2, f"{p.prog}: error: --data {args.data} is not a directory; run `python data.py --data {args.data}` "
+                  f"to fetch MNIST there\n")  # a typo must not download MNIST into a new folder
+    try:
+        return job()
+    except (results.ResultsError, data.DataError) as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
+    except OSError as e:  # a read-only or full results folder
+        p.exit(1, f"{p.prog}: error: cannot write {e.filename or args.results}: {e.strerror}\n")
+    except KeyboardInterrupt:
+        p.exit(130, f"{p.prog}: interrupted; every file is the old one or the new one, none half-written\n")

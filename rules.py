@@ -1,0 +1,148 @@
+"""The study's rules, each defined once: which runs may be compared, the targets, and how the recipe and the
+λ's are chosen on the validation split. Plain values in, plain values out; results.py reads and writes the files.
+"""
+import math
+
+# config keys that say where a run was written or which seeds it holds, not what was computed,
+# or how it was evaluated or packed (both change only the last bits of float sums: equally valid runs)
+NOT_COMPARED = {"seeds", "device", "data", "out", "name", "eval_batch_size", "packed"}
+# keys that may differ between two variants being compared: the penalty and the norm are the experiment
+EXPERIMENT = {"variant", "l1", "l2", "norm"}
+
+TIE = 0.05                            # points of mean validation accuracy within which two choices are tied
+TARGETS = {"bn": 99.45, "gbn": 99.40}  # the study's aim for the five-seed mean at the final epoch, by norm
+AIM = 99.40                           # the seed assignment's 99.4%: what every single seed should reach
+BASE = "none"                         # every paired difference is taken against this variant
+
+RECIPE_RULE = ("highest mean final validation accuracy over the seeds (train on the first 50k, evaluate on the "
+               f"last 10k training images); candidates within {TIE} points of the best count as tied, and among "
+               "tied ones the one listed first wins (the list runs from the fewest changes to the most)")
+LAMBDA_RULE = (f"per penalty, the largest lambda whose mean final validation accuracy stays within {TIE} points of "
+               "the chosen recipe without penalty (the strongest penalty that costs nothing measurable)")
+
+
+# config keys added after the first results were written; a file without them ran with these values
+ADDED = {"train_subset": 0, "steps": 0}
+
+
+def comparable(config):
+    """The part of a config that decides the numbers: two runs with equal parts may share a results file."""
+    return {k: v for k, v in (ADDED | config).items() if k not in NOT_COMPARED}
+
+
+def differences(a, b, ignore=()):
+    """'key (a -> b)' for every key where configs a and b differ, outside NOT_COMPARED and ignore."""
+    a, b = comparable(a), comparable(b)
+    return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k) != b.get(k)]
+
+
+def val_summary(result):
+    """The validation accuracies of a --val run's finished seeds, and their mean (None when all diverged)."""
+    accs = [r["final_test_acc"] for r in result["runs"] if r["status"] == "ok"]
+    return {"seeds": [r["seed"] for r in result["runs"]], "val_acc": accs,
+            "val_acc_mean": math.fsum(accs) / len(accs) if accs else None}
+
+
+# -----------------------------------------------------------------------------
+# the recipe and the λ's: every input is checked before anything is chosen
+
+def check_validation_runs(runs, reference=None, ignore=()):
+    """runs: {path: result}. Each must be a --val run with the same epochs and seeds as the first (or as
+    `reference`, a config), and, with `reference`, computed the same way apart from `ignore`. ValueError names
+    the file and what is wrong."""
+    first = reference or next(iter(runs.values()))["config"]
+    for path, r in runs.items():
+        cfg = r["config"]
+        if not cfg.get("val"):
+            raise ValueError(f"{path} is not a validation run (--val): its accuracies are test accuracies, and the "
+                             f"test set must stay untouched until the study")
+        for key in ("epochs", "seeds"):
+            if cfg[key] != first[key]:
+                raise ValueError(f"{path} has {key} {cfg[key]}, the others {first[key]}: choices are made on equal terms")
+        diff = differences(first, cfg, ignore=ignore) if reference else []
+        if diff:
+            raise ValueError(f"{path} was trained under another recipe ({', '.join(diff)}); re-run it under the "
+                             f"chosen one")
+
+
+def choose_recipe(candidates):
+    """candidates: [(name, val_summary)] from the fewest changes to the most -> the chosen name (RECIPE_RULE)."""
+    means = [s["val_acc_mean"] for _, s in candidates if s["val_acc_mean"] is not None]
+    if not means:
+        raise ValueError("every seed of every recipe candidate diverged: nothing to choose")
+    best = max(means)
+    return next(name for name, s in candidates if s["val_acc_mean"] is not None and s["val_acc_mean"] >= best - TIE)
+
+
+def choose_lambda(points, reference):
+    """points: [(lambda, val_summary)] of one penalty; reference: mean without penalty -> λ or None (LAMBDA_RULE)."""
+    ok = [lam for lam, s in points if s["val_acc_mean"] is not None and s["val_acc_mean"] >= reference - TIE]
+    return max(ok) if ok else None
+
+
+def check_recipe(r):
+    """ValueError unless recipe.json's content r has what recipe_choice writes and report.py shows."""
+    entries = lambda xs, keys: isinstance(xs, list) and all(isinstance(x, dict) and keys <= set(x) for x in xs)
+    points = {"seeds", "val_acc", "val_acc_mean"}
+    if "rule" not in r or not entries(r["candidates"], points | {"name", "config"}) or \
+            (r.get("lambdas") and not (isinstance(r["lambdas"], dict) and "lambda_rule" in r
+                                       and entries(r.get("lambda_points"), points | {"penalty", "lambda"}))):
+        raise ValueError("a rule, a candidate or a λ point lacks what `make recipe` writes")
+
+
+def recipe_choice(candidates, lambda_runs):
+    """recipe.json's content from the candidate runs [(name, path, result)] and the λ runs {path: result}."""
+    check_validation_runs({path: r for _, path, r in candidates})
+    summaries = [(name, val_summary(r)) for name, _, r in candidates]
+    if all(s["val_acc_mean"] is None for _, s in summaries):  # name the files, which choose_recipe does not know
+        raise ValueError(f"every seed of every recipe candidate diverged ({', '.join(p for _, p, _ in candidates)}): "
+                         f"nothing to choose")
+    chosen = choose_recipe(summaries)
+    out = {"rule": RECIPE_RULE, "candidates": [{"name": name, "config": r["config"]} | s
+                                               for (name, _, r), (_, s) in zip(candidates, summaries)],
+           "chosen": chosen, "lambdas": None, "lambda_rule": LAMBDA_RULE}
+    if lambda_runs:
+        chosen_cfg = next(r["config"] for name, _, r in candidates if name == chosen)
+        check_validation_runs(lambda_runs, reference=chosen_cfg, ignore=EXPERIMENT)
+        reference = dict(summaries)[chosen]["val_acc_mean"]
+        out["lambda_points"], out["lambdas"] = [], {}
+        for key in ("l1", "l2"):
+            pts = sorted(((r["config"][key], val_summary(r)) for r in lambda_runs.values() if r["variant"] == key),
+                         key=lambda p: p[0])
+            out["lambda_points"] += [{"penalty": key, "lambda": lam} | s for lam, s in pts]
+            out["lambdas"][key] = choose_lambda(pts, reference)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# the data-size study (datasize.py): λ per training-set size, chosen on the validation split
+
+DATASIZE_RULE = (f"per penalty, the λ with the highest mean final validation accuracy over the seeds; λ's within "
+                 f"{TIE} points of it count as tied, and the smallest of them wins")
+
+
+def datasize_choice(runs, grid):
+    """One size's entry of choice.json from its validation runs {path: result}: `none` (the reference) first,
+    then one run per λ of the grid. Every input is checked before anything is chosen."""
+    (_, reference), points = next(iter(runs.items())), []
+    check_validation_runs(runs, reference=reference["config"], ignore=EXPERIMENT)
+    for r in list(runs.values())[1:]:
+        key = r["variant"]
+        losses = [run["epochs"][-1]["test_loss"] for run in r["runs"] if run["status"] == "ok"]
+        points.append({"penalty": key, "lambda": r["config"][key]} | val_summary(r) |
+                      {"val_loss": losses, "val_loss_mean": math.fsum(losses) / len(losses) if losses else None})
+    chosen = {}
+    for key, lams in grid.items():
+        pts = [p for p in points if p["penalty"] == key and p["val_acc_mean"] is not None]
+        if sorted(p["lambda"] for p in points if p["penalty"] == key) != sorted(lams):
+            raise ValueError(f"the {key} runs ({sorted(p['lambda'] for p in points if p['penalty'] == key)}) are not "
+                             f"the grid {lams}")
+        if not pts:
+            raise ValueError(f"every {key} run diverged: nothing to choose")
+        best = max(p["val_acc_mean"] for p in pts)
+        chosen[key] = min(p["lambda"] for p in pts if p["val_acc_mean"] >= best - TIE)
+    cfg = reference["config"]
+    return {"rule": DATASIZE_RULE, "grid": grid, "train_subset": cfg["train_subset"], "steps": cfg["steps"],
+            "epochs": cfg["epochs"], "reference": {"variant": "none"} | val_summary(reference), "points": points,
+            "chosen": chosen}

@@ -1,0 +1,148 @@
+"""The data-size study: class-balanced subsets paired across variants, the same step budget for every size, the λ
+rule on the validation split, and a study that resumes where it stopped."""
+import json
+
+import pytest
+import torch
+
+import data
+import datasize
+import loop
+import results
+import rules
+import train
+from conftest import DATA, FP32, metrics, stop_at_second_save
+
+TINY = ["--steps", "12", "--epochs", "3", "--test-limit", "64", *FP32]
+
+
+def test_subset_is_class_balanced_and_never_validation(mnist):
+    """N/10 distinct images of every class, all among the first 50,000 training images."""
+    idx = data.balanced_subset(mnist[1][:50000], 1000, torch.Generator().manual_seed(7))
+    assert len(idx) == len(set(idx.tolist())) == 1000 and idx.max() < 50000 and torch.equal(idx, idx.sort().values)
+    assert torch.bincount(mnist[1][idx].long(), minlength=10).tolist() == [100] * 10
+
+
+def test_too_large_a_subset_is_one_line(tmp_path, capsys):
+    """A subset larger than the rarest class allows (4,506 fives among the first 50,000) is refused in one line."""
+    with pytest.raises(SystemExit) as e:
+        train.main(["--variant", "none", "--train-subset", "46000", "--data", DATA, "--out", str(tmp_path),
+                    "--no-compile"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "needs 4,600 images of class 5; there are 4,506" in err[0], err
+
+
+def test_variants_of_one_seed_share_their_subset(run_train, tmp_path):
+    """In one pack, none and l1 of seed 0 train on the same subset (same hash), seed 1 on another; the JSON records
+    train_subset and the number of images."""
+    code, none = run_train("--variant", "none,l1", "--packed", "--seeds", "0,1", "--train-subset", "200", *TINY)
+    l1 = json.load(open(tmp_path / "l1.json"))
+    hashes = [[r["train_subset_sha256"] for r in res["runs"]] for res in (none, l1)]
+    assert code == 0 and hashes[0] == hashes[1] and hashes[0][0] != hashes[0][1]
+    assert none["config"]["train_subset"] == 200 and none["runs"][0]["train_images"] == 200
+    want = data.indices_sha256(train.subsets_for(train.Config(train_subset=200), [0], data.load_mnist(DATA)[1])[0])
+    assert hashes[0][0] == want
+
+
+def test_every_size_takes_the_same_steps(run_train, tmp_path, monkeypatch):
+    """--steps 12 --epochs 3: 12 optimizer steps of full batches whatever the subset's size, evaluated after steps
+    4, 8 and 12 (recorded), the one-cycle schedule annealed by the last step."""
+    calls = []
+    step_loss = loop.step_loss
+    monkeypatch.setattr(loop, "step_loss", lambda net, x, *a: calls.append(len(x)) or step_loss(net, x, *a))
+    for size in (100, 1000):
+        calls.clear()
+        code, res = run_train("--variant", "none", "--train-subset", str(size), *TINY, out=tmp_path / str(size))
+        run = res["runs"][0]
+        assert code == 0 and calls == [32] * 12, (size, calls)
+        assert [e["step"] for e in run["epochs"]] == [4, 8, 12] and run["epochs"][-1]["lr"] < 0.05 * 0.1
+
+
+def test_steps_resume_exactly(tmp_path, monkeypatch):
+    """A steps run stopped after its first segment (full disk) and resumed equals one never stopped: the part of
+    a pass not yet used is saved with the state."""
+    args = ["--variant", "none", "--train-subset", "100", "--steps", "18", "--epochs", "3", "--test-limit", "64",
+            "--device", "cpu", "--data", DATA, "--no-compile", *FP32]
+    assert stop_at_second_save(monkeypatch, [*args, "--out", str(tmp_path / "a")]) == 1
+    assert train.main([*args, "--out", str(tmp_path / "a"), "--resume"]) == 0
+    assert train.main([*args, "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.load(open(tmp_path / d / "none.json")) for d in "ab")
+    assert metrics(a) == metrics(b)
+
+
+def val_run(variant, lam, accs, epochs=15):
+    """A validation result as rules.datasize_choice reads it: final accuracies per seed."""
+    cfg = {"variant": variant, "l1": lam if variant == "l1" else 0.0, "l2": lam if variant == "l2" else 0.0,
+           "norm": "bn", "val": True, "epochs": epochs, "seeds": [0, 1, 2], "train_subset": 1000, "steps": 9375}
+    runs = [{"seed": s, "status": "ok", "final_test_acc": a, "epochs": [{"test_loss": 0.1}]} for s, a in enumerate(accs)]
+    return {"variant": variant, "config": cfg, "runs": runs}
+
+
+def test_lambda_rule_ties_go_to_the_smaller_lambda():
+    """Highest mean validation accuracy wins; λ's within 0.05 points of it are tied and the smallest wins."""
+    grid = {"l1": [1e-4, 1e-3], "l2": [1e-3, 1e-2]}
+    runs = {"none": val_run("none", 0, [97.0, 97.0, 97.0]),
+            "a": val_run("l1", 1e-4, [97.00, 97.00, 97.00]), "b": val_run("l1", 1e-3, [97.04, 97.04, 97.04]),
+            "c": val_run("l2", 1e-3, [97.00, 97.00, 97.00]), "d": val_run("l2", 1e-2, [97.20, 97.20, 97.20])}
+    entry = rules.datasize_choice(runs, grid)
+    assert entry["chosen"] == {"l1": 1e-4, "l2": 1e-2}, entry["chosen"]
+    assert entry["reference"]["val_acc_mean"] == pytest.approx(97.0) and len(entry["points"]) == 4
+
+
+@pytest.mark.parametrize("broken,message", [("test run", "not a validation run"), ("epochs", "has epochs 10"),
+                                            ("grid", "are not the grid")])
+def test_lambda_rule_checks_its_inputs(broken, message):
+    """A test run, a run of other length, or a grid that did not run is refused before anything is chosen."""
+    grid = {"l1": [1e-4], "l2": [1e-3]}
+    runs = {"none": val_run("none", 0, [97.0] * 3), "a": val_run("l1", 1e-4, [97.0] * 3),
+            "b": val_run("l2", 1e-3, [97.0] * 3)}
+    if broken == "test run":
+        runs["a"]["config"]["val"] = False
+    elif broken == "epochs":
+        runs["b"] = val_run("l2", 1e-3, [97.0] * 3, epochs=10)
+    else:
+        grid["l2"] = [1e-3, 1e-2]
+    with pytest.raises(ValueError, match=message):
+        rules.datasize_choice(runs, grid)
+
+
+@pytest.fixture
+def tiny_study(tmp_path, monkeypatch):
+    """datasize.py shrunk to one size of 100 images, 12 steps, a 1-point grid per penalty, 64 test images."""
+    monkeypatch.setattr(datasize, "SIZES", [100])
+    monkeypatch.setattr(datasize, "STEPS", 12)
+    monkeypatch.setattr(datasize, "POINTS", 3)
+    monkeypatch.setattr(datasize, "GRID", {"l1": [1e-3], "l2": [1e-2]})
+    monkeypatch.setattr(datasize, "FOLDER", str(tmp_path / "datasize"))
+    return ["--data", DATA, "--test-limit", "64", "--device", "cpu", "--no-compile", *FP32]
+
+
+def test_the_study_runs_its_steps_in_order_and_skips_what_is_done(tiny_study, tmp_path, capfd):
+    """`all`: the validation runs, the choice (choice.json), then the four variants x five seeds with the chosen
+    λ's; run again, it trains nothing and changes no file."""
+    datasize.main(["all", *tiny_study])
+    choice = json.load(open(tmp_path / "datasize" / "choice.json"))["sizes"]["100"]
+    assert set(choice["chosen"]) == {"l1", "l2"} and choice["rule"] == rules.DATASIZE_RULE
+    for variant in ("none", "l1", "l2", "l1l2"):
+        res = results.load(str(tmp_path / "datasize" / "n100" / f"{variant}.json"))
+        assert [r["seed"] for r in res["runs"]] == [0, 1, 2, 3, 4] and not res["config"]["val"]
+        assert res["config"]["l1"] == (choice["chosen"]["l1"] if "l1" in variant else 0)
+    before = {p: p.read_bytes() for p in (tmp_path / "datasize").rglob("*.json")}
+    capfd.readouterr()
+    datasize.main(["all", *tiny_study])
+    out = capfd.readouterr().out
+    assert out.count("nothing to train") == 1 and " epoch " not in out, out  # the choice exists: only the test pack
+    assert {p: p.read_bytes() for p in (tmp_path / "datasize").rglob("*.json")} == before
+
+
+def test_a_committed_choice_is_never_replaced(tiny_study, tmp_path):
+    """choose on other validation numbers than those behind an existing entry: one line, the entry stays."""
+    datasize.lambdas(100, tiny_study)
+    datasize.choose(100)
+    path = tmp_path / "datasize" / "choice.json"
+    doc = json.load(open(path))
+    doc["sizes"]["100"]["chosen"]["l1"] = 1.0  # as if chosen from other runs
+    results.write_json(str(path), doc)
+    with pytest.raises(results.ResultsError, match="already holds another choice for n100"):
+        datasize.choose(100)
+    assert json.load(open(path)) == doc
