@@ -26,9 +26,10 @@ FP32 = ["--precision", "fp32"]  # eager bf16 is emulated on most CPUs (~4x slowe
 METRICS = ("train_loss", "penalty", "train_acc", "test_loss", "test_acc", "lr", "momentum", "weight_norm")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def mnist():
-    """(train_x, train_y, test_x, test_y) as uint8, verified against the pinned hashes."""
+    """(train_x, train_y, test_x, test_y) as uint8, verified against the pinned hashes; fetched into data/ before
+    the first test, so that no test depends on another having fetched it."""
     return data.load_mnist(DATA)
 
 
