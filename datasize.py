@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import loop
 import results
 
 SIZES = [1000, 5000, 20000, 60000]            # 60000 = the whole training set
@@ -26,8 +27,13 @@ def common(size, seeds):
     return ["--train-subset", str(size), "--steps", str(STEPS), "--epochs", str(POINTS), "--seeds", seeds]
 
 
-def run(args):
-    """train.py as a program; a failure stops the study (what finished is kept: the next start skips it)."""
+def run(args, out, names, seeds):
+    """train.py as a program; where an earlier start was interrupted (its state is on disk) it continues that run
+    with --resume, so `make datasize` picks up a study spread over sessions. A failure stops the study."""
+    state = loop.state_path(out, [(name, int(s)) for name in names for s in seeds.split(",")])
+    if os.path.exists(state) and "--resume" not in args:
+        print(f"continuing the interrupted run saved in {os.path.relpath(state)}", flush=True)
+        args = [*args, "--resume"]
     print("python train.py " + " ".join(args), flush=True)
     code = subprocess.run([sys.executable, os.path.join(results.REPO, "train.py"), *args]).returncode
     if code:
@@ -36,11 +42,13 @@ def run(args):
 
 def lambdas(size, extra=()):
     out = os.path.join(FOLDER, "val", f"n{size}")
-    run(["--variant", "none", "--val", *common(size, VAL_SEEDS), "--packed", "--out", out, *extra])
+    run(["--variant", "none", "--val", *common(size, VAL_SEEDS), "--packed", "--out", out, *extra], out, ["none"],
+        VAL_SEEDS)
     for penalty, grid in GRID.items():
         for lam in grid:
+            name = f"{penalty}-{lam:g}"
             run(["--variant", penalty, f"--{penalty}", f"{lam:g}", "--val", *common(size, VAL_SEEDS), "--packed",
-                 "--name", f"{penalty}-{lam:g}", "--out", out, *extra])
+                 "--name", name, "--out", out, *extra], out, [name], VAL_SEEDS)
 
 
 def choose(size):
@@ -68,8 +76,9 @@ def test(size, extra=()):
                  f"{size}` and `python datasize.py choose {size}` first")
     if not committed(size):
         print(f"note: the λ choice for n{size} is not committed; the study's protocol commits it before the test runs")
-    run(["--variant", "none,l1,l2,l1l2", "--l1", f"{choice['chosen']['l1']:g}", "--l2", f"{choice['chosen']['l2']:g}",
-         *common(size, TEST_SEEDS), "--packed", "--out", os.path.join(FOLDER, f"n{size}"), *extra])
+    out, variants = os.path.join(FOLDER, f"n{size}"), ["none", "l1", "l2", "l1l2"]
+    run(["--variant", ",".join(variants), "--l1", f"{choice['chosen']['l1']:g}", "--l2", f"{choice['chosen']['l2']:g}",
+         *common(size, TEST_SEEDS), "--packed", "--out", out, *extra], out, variants, TEST_SEEDS)
 
 
 def main(argv):
