@@ -146,3 +146,23 @@ def test_a_committed_choice_is_never_replaced(tiny_study, tmp_path):
     with pytest.raises(results.ResultsError, match="already holds another choice for n100"):
         datasize.choose(100)
     assert json.load(open(path)) == doc
+
+
+def test_an_interrupted_size_is_continued(tiny_study, tmp_path, monkeypatch, capfd):
+    """A test pack stopped after its first segment (full disk) leaves its state; the next `all` continues it
+    with --resume (and says so) and ends where an uninterrupted pack ends."""
+    datasize.lambdas(100, tiny_study)
+    datasize.choose(100)
+    chosen = json.load(open(tmp_path / "datasize" / "choice.json"))["sizes"]["100"]["chosen"]
+    out = tmp_path / "datasize" / "n100"
+    argv = ["--variant", "none,l1,l2,l1l2", "--l1", f"{chosen['l1']:g}", "--l2", f"{chosen['l2']:g}",
+            *datasize.common(100, datasize.TEST_SEEDS), "--packed", "--out", str(out), *tiny_study]
+    assert stop_at_second_save(monkeypatch, argv) == 1
+    assert (out / "state").exists() and list((out / "state").glob("*.pt"))
+    capfd.readouterr()
+    datasize.main(["all", *tiny_study])
+    assert "continuing the interrupted run" in capfd.readouterr().out
+    assert train.main([*argv[:-len(tiny_study) - 2], "--out", str(tmp_path / "whole"), *tiny_study]) == 0
+    for variant in ("none", "l1l2"):
+        resumed, whole = (json.load(open(d / f"{variant}.json")) for d in (out, tmp_path / "whole"))
+        assert metrics(resumed) == metrics(whole), variant
