@@ -186,7 +186,6 @@ def plot_misclassified(name, result, images, labels):
     fig.suptitle(f"{name}: {len(run['misclassified'])} of {len(labels):,} {split({name: result})} digits misclassified "
                  f"(seed {run['seed']}, first 25 shown)", fontsize=10)
     return png(fig, dpi=100)
-    return True
 
 
 def plot_differences(found, paired):
@@ -217,7 +216,6 @@ def plot_differences(found, paired):
     return png(fig)
 
 
-
 def plot_sweep(points):
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for kind, c in [("l1", "tab:blue"), ("l2", "tab:orange")]:
@@ -234,7 +232,6 @@ def plot_sweep(points):
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     return png(fig)
-
 
 
 def ok_runs(result):
