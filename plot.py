@@ -142,7 +142,7 @@ def plot_weights(found, weights):
     left |w|, right |w| relative to its layer's largest |w|, where the near-zero rule is a line."""
     absw, rel, seeds, label = {}, {}, {}, {}
     for name, r in found.items():
-        convs = [[w.double().abs() for w in sd.values() if w.dim() == 4] for sd in weights[name]]
+        convs = [[w.double().abs() for w in ws] for ws in weights[name]]
         if not convs:
             continue
         absw[name] = torch.cat([w.flatten() for ws in convs for w in ws]).numpy()
@@ -256,7 +256,7 @@ def render(folder, data_dir):
     """{file name: PNG bytes} of every figure the folder's results can show."""
     found = results.load_folder(folder)
     mnist = data.load_mnist(data_dir, log=lambda s: None)
-    weights = {name: [results.load_checkpoint(folder, run) for run in ok_runs(r)] for name, r in found.items()}
+    weights = {name: results.conv_weights(folder, r) for name, r in found.items()}
     paired = stats.pairs(found)
     figures = {"loss.png": plot_loss(found), "accuracy.png": plot_accuracy(found), "norms.png": plot_norms(found),
                "weights.png": plot_weights(found, weights),

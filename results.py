@@ -201,6 +201,12 @@ def load_checkpoint(folder, run):
         raise ResultsError(f"{path}: damaged checkpoint ({type(e).__name__}); restore it (git checkout) or train again")
 
 
+def conv_weights(folder, result):
+    """Per finished run, its final convolution weights (conv1..conv9), read from the checkpoints (weights.png)."""
+    return [[w for w in load_checkpoint(folder, run).values() if w.dim() == 4]
+            for run in result["runs"] if run["status"] == "ok"]
+
+
 def result_paths(folder):
     return sorted(p for p in glob.glob(os.path.join(glob.escape(folder), "*.json"))
                   if os.path.basename(p)[:-5] not in RESERVED)
