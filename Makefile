@@ -23,8 +23,8 @@ endif
 ifeq ($(filter $(DEVICE),auto cpu cuda),)
 $(error DEVICE=$(DEVICE) must be one of: auto cpu cuda)
 endif
-# RESULTS is removed from by `make clean`: a path of plain characters, never empty, never the root
-ifeq ($(shell echo '$(RESULTS)' | grep -Ex '/?[A-Za-z0-9_.][A-Za-z0-9_./=-]*'),)
+# RESULTS is where every target writes: a path of plain characters, never empty, never the root, no '..'
+ifeq ($(shell echo '$(RESULTS)' | grep -Ex '/?[A-Za-z0-9_][A-Za-z0-9_./=-]*' | grep -v '\.\.'),)
 $(error RESULTS='$(RESULTS)' must be a folder path of letters, digits and . _ / = - (no spaces), e.g. make l1 RESULTS=results/try)
 endif
 
@@ -125,7 +125,7 @@ lambdas: | .venv/ok
 
 ## datasize: the data-size study (datasize.py): per size, λ on the validation split, then 4 variants x 5 seeds; skips what is done
 datasize: | .venv/ok
-	$(PY) datasize.py all --device $(DEVICE)
+	$(PY) datasize.py all --results $(RESULTS) --device $(DEVICE)
 
 ## numerics: the fast path's numbers against the original fp32 eager path, on the validation split, 3 seeds
 NUMERICS_SEEDS ?= 0,1,2

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 import torch
 
 import results
-from loop import DTYPES
-from model import quantized_p
+from model import DTYPES, quantized_p
 from regularizers import VARIANTS
 
 FULL = 60000  # --train-subset 60000: the whole training split (60,000 images; the first 50,000 with --val)
+MAX_SUBSET = 45060  # 10 x 4,506, the fives among the first 50,000 training images (the rarest class there)
 
 
 # -----------------------------------------------------------------------------
@@ -108,7 +108,8 @@ def parse_args(argv=None):
                               ("steps", positive_int, "optimizer steps in all, in --epochs segments (default: "
                                                       "--epochs passes over the data)")]:
         default = None if name.endswith(("limit", "subset", "steps")) else getattr(d, name)
-        p.add_argument(flag(name), type=kind, default=default, help=f"{help_} (default {default or 'all'})")
+        p.add_argument(flag(name), type=kind, default=default,
+                       help=help_ + ("" if name == "steps" else f" (default {default or 'all'})"))
     for name, help_ in [("packed", "train every (variant, seed) in one grouped-conv graph"),
                         ("compile", "torch.compile the training step"), ("cycle_momentum", "OneCycleLR cycles momentum"),
                         ("channels_last", "channels-last memory format")]:
@@ -145,9 +146,11 @@ def parse_args(argv=None):
         if getattr(args, key) is not None and not any(getattr(VARIANTS[v], key) for v in args.variant):
             have = ", ".join(n for n, v in VARIANTS.items() if getattr(v, key))
             p.error(f"argument --{key}: none of {', '.join(args.variant)} has an {key.upper()} penalty (these do: {have})")
-    if args.train_subset and (args.train_subset % 10 or args.train_limit):
-        p.error(f"argument --train-subset: {args.train_subset} must be a multiple of 10 (N/10 images per class), "
-                f"without --train-limit")
+    if args.train_subset and args.train_subset != FULL and (args.train_subset % 10 or args.train_subset > MAX_SUBSET):
+        p.error(f"argument --train-subset: {args.train_subset} must be a multiple of 10 up to {MAX_SUBSET:,} (N/10 "
+                f"images per class from the first 50,000), or {FULL} for the whole training set")
+    if args.train_subset and args.train_limit:
+        p.error("argument --train-subset: a subset is a limit of its own; drop --train-limit")
     if args.steps and args.steps % args.epochs:
         p.error(f"argument --steps: {args.steps} must split into --epochs {args.epochs} equal segments")
     fields = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "variant", "l1", "l2")}

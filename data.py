@@ -190,6 +190,20 @@ def balanced_subset(labels, n, generator):
     return torch.cat(picks).sort().values
 
 
+def draw_subsets(labels, n, seeds):
+    """{seed: sorted indices} of a class-balanced subset of n among `labels` per seed, each drawn by a generator
+    seeded from that seed alone: every variant of one seed trains on the same images."""
+    return {s: balanced_subset(labels, n, torch.Generator().manual_seed(s + 2_000_003)) for s in seeds}
+
+
+def eval_split(mnist, val, limit=0):
+    """(images, labels) a run is evaluated on: the test set, or with val the last 10,000 training images; the
+    first `limit` of them where limit > 0."""
+    train_x, train_y, test_x, test_y = mnist
+    x, y = (train_x[50000:], train_y[50000:]) if val else (test_x, test_y)
+    return x[:limit or None], y[:limit or None]
+
+
 def indices_sha256(idx):
     """SHA-256 of an index tensor as int64 bytes: names a subset in the results JSON."""
     return hashlib.sha256(idx.cpu().to(torch.int64).numpy().tobytes()).hexdigest()

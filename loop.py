@@ -18,9 +18,9 @@ import data
 import model as model_lib
 import results
 import rules
+from model import DTYPES
 from regularizers import penalized, penalty
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def seed_everything(seed):

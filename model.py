@@ -76,6 +76,7 @@ class Net(nn.Sequential):
 # -----------------------------------------------------------------------------
 # K independent Nets in one graph, for training several seeds / variants at once
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # of the weights and inputs; float64 for exactness checks
 NOISE_LEVELS = 256  # "bytes" masks: one random byte per activation, so p is rounded to a multiple of 1/256
 
 

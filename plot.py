@@ -246,12 +246,6 @@ def split(found):
 # -----------------------------------------------------------------------------
 # main: render every figure in memory, then hand them to results.py to write
 
-def eval_images(config, mnist):
-    """The images a run was evaluated on: the test set, or the validation split (last 10k) for a --val run."""
-    train_x, train_y, test_x, test_y = mnist
-    return (train_x[50000:], train_y[50000:]) if config["val"] else (test_x, test_y)
-
-
 def render(folder, data_dir):
     """{file name: PNG bytes} of every figure the folder's results can show."""
     found = results.load_folder(folder)
@@ -262,7 +256,7 @@ def render(folder, data_dir):
                "weights.png": plot_weights(found, weights),
                "differences.png": plot_differences(found, paired) if paired else None}
     for name, r in found.items():
-        figures[f"misclassified_{name}.png"] = plot_misclassified(name, r, *eval_images(r["config"], mnist))
+        figures[f"misclassified_{name}.png"] = plot_misclassified(name, r, *data.eval_split(mnist, r["config"]["val"], r["config"]["test_limit"]))
     sweep = os.path.join(folder, "sweep")
     if glob.glob(os.path.join(glob.escape(sweep), "*.json")):
         figures["sweep.png"] = plot_sweep(stats.sweep_points(results.load_folder(sweep)))

@@ -1,5 +1,6 @@
 """The one owner of the results files: their schema, atomic writing (a checkpoint and its JSON as one unit),
-locking, per-run state for --resume, reading and validating, the validation searches' files, migration.
+locking, reading and validating, the validation searches' files, migration. (The per-epoch state for --resume
+is written through save_torch; loop.py names and reads it.)
 
     <folder>/<name>.json                   one variant: config, env, one run per seed, summary (schema 3)
     <folder>/<name>-seed<S>-<sha8>.pt      a run's final weights, a state_dict for model.Net; the JSON names it

@@ -14,6 +14,7 @@ if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is not signal.SIG_
     signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("\ntrain.py: interrupted while starting; nothing "
                                                               "was written\n"), os._exit(130)))
 
+import contextlib  # noqa: E402
 import errno  # noqa: E402
 import glob  # noqa: E402
 import platform  # noqa: E402
@@ -37,13 +38,11 @@ from loop import compile_problem, seed_everything  # noqa: E402
 # the data a run trains on
 
 def subsets_for(cfg, seeds, train_y):
-    """{seed: sorted training indices} of a class-balanced --train-subset, drawn from the first 50,000 training
-    images (never a validation image) by a generator seeded from the seed alone, so every variant of one seed
-    trains on the same images; None without a subset."""
+    """{seed: sorted training indices} of a --train-subset, drawn from the first 50,000 training images (never a
+    validation image); None without one (or for the whole set)."""
     if not cfg.train_subset or cfg.train_subset == FULL:
         return None
-    pool = train_y[:50000].cpu()
-    return {s: data.balanced_subset(pool, cfg.train_subset, torch.Generator().manual_seed(s + 2_000_003)) for s in seeds}
+    return data.draw_subsets(train_y[:50000].cpu(), cfg.train_subset, seeds)
 
 
 def in_repo(path, default):
@@ -85,6 +84,21 @@ class Terminated(KeyboardInterrupt):
 
 def on_sigterm(signum, frame):
     raise Terminated()
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM wait until the block is done, then act as usual: no interruption falls between the
+    results files of one pack. (A signal mask would not do: torch's threads would take the signal.)"""
+    caught, held = [], [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if caught:
+            raise Terminated() if caught[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def git_info():
@@ -166,6 +180,8 @@ def plan(cfgs, args, out, old):
             tqdm.write(f"{c.name}: seeds {again} are already in {out}/{c.name}.json with this config; kept "
                        f"(--overwrite trains those seeds again and keeps the others)")
     todo = [(c, s) for c in cfgs for s in c.seeds if s not in done[c.name]]
+    if cfgs[0].packed and todo:
+        todo = unfinished_pack(out, cfgs, todo, runs)
     packs = [todo] if cfgs[0].packed and todo else [[m] for m in todo]
     states = [loop.state_path(out, [(c.name, s) for c, s in p]) for p in packs]
     if args.resume and todo and not any(os.path.exists(p) for p in states):
@@ -178,12 +194,31 @@ def plan(cfgs, args, out, old):
     return runs, list(zip(packs, states))
 
 
+def unfinished_pack(out, cfgs, todo, runs):
+    """The whole pack of a packed command when a kill while its results files were being written left some of
+    them written and the rest only in its state: resuming that state writes them all. Else todo."""
+    whole = [(c, s) for c in cfgs for s in c.seeds]
+    path = loop.state_path(out, [(c.name, s) for c, s in whole])
+    if todo == whole or not os.path.exists(path):
+        return todo
+    try:
+        histories = torch.load(path, map_location="cpu", weights_only=True)["histories"]
+    except Exception:  # damaged: plan() names it when it is this pack's
+        return todo
+    finished = {(n, r["seed"]): r["epochs"] for n in runs for r in runs[n]}
+    written = [finished.get((c.name, s)) == h for (c, s), h in zip(whole, histories) if (c, s) not in todo]
+    return whole if all(written) and len(histories) == len(whole) else todo
+
+
 def sweep_stale_states(out, runs):
     """Remove the state files whose every member already sits in its JSON with the very epochs the state holds:
     a kill between writing a result and removing its state leaves them."""
     for path in glob.glob(os.path.join(glob.escape(out), "state", "*.pt")):
         members = loop.state_members(path)
         finished = {(n, r["seed"]): r for n in runs for r in runs[n] if r["status"] == "ok"}
+        if members is None and any(os.path.basename(path).startswith(f"{n}-seed") for n in runs):
+            tqdm.write(f"note: {path} is an interrupted run saved by an older version (its name does not list its "
+                       f"members); finish it with that version's code, or delete it")
         if not members or not all(m in finished for m in members):
             continue
         try:
@@ -249,10 +284,11 @@ def main(argv=None):
                     progress["state"] = state
                     new, weights = loop.train_pack(pack, split, state, args.resume, env,
                                                    subsets and [subsets[s] for _, s in pack])
-                    record(out, pack, new, weights, runs)
-                    if os.path.exists(state):  # only now, with its results written, does the run need no state
-                        os.remove(state)
-                    progress["written"] += [f"{c.name} seed {s}" for c, s in pack]
+                    with signals_held():  # a pack's results files and the removal of its state: all or none
+                        record(out, pack, new, weights, runs)
+                        if os.path.exists(state):  # only now, with its results written, does the run need no state
+                            os.remove(state)
+                        progress["written"] += [f"{c.name} seed {s}" for c, s in pack]
         except (ValueError, data.DataError, results.ResultsError) as e:
             raise Stop(2, e)
         except OSError as e:  # a full disk, a folder removed under us: finished epochs stay in state/

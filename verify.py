@@ -17,13 +17,6 @@ import results
 from model import Net, near_zero_fraction
 
 
-def eval_images(cfg, mnist):
-    """The images a run was evaluated on: the test set, or the validation split (last 10k) for a --val run."""
-    train_x, train_y, test_x, test_y = mnist
-    x, y = (train_x[50000:], train_y[50000:]) if cfg["val"] else (test_x, test_y)
-    return x[:cfg["test_limit"] or None], y[:cfg["test_limit"] or None]
-
-
 @torch.no_grad()
 def evaluate(cfg, state_dict, images, labels):
     """(predictions, mean loss) of one checkpoint, evaluated as training evaluates: fp32, eval mode, its memory
@@ -68,7 +61,7 @@ def verify_tree(root, data_dir):
     lines, bad, checked = [], 0, 0
     for folder in results.result_folders(root):
         for name, r in results.load_folder(folder).items():
-            images, labels = eval_images(r["config"], mnist)
+            images, labels = data.eval_split(mnist, r["config"]["val"], r["config"]["test_limit"])
             for run in (run for run in r["runs"] if run["status"] == "ok"):
                 acc, problems = check_run(folder, r["config"], run, images, labels)
                 checked, bad = checked + 1, bad + bool(problems)

@@ -23,13 +23,21 @@ def test_subset_is_class_balanced_and_never_validation(mnist):
     assert torch.bincount(mnist[1][idx].long(), minlength=10).tolist() == [100] * 10
 
 
-def test_too_large_a_subset_is_one_line(tmp_path, capsys):
-    """A subset larger than the rarest class allows (4,506 fives among the first 50,000) is refused in one line."""
+@pytest.mark.parametrize("n", ["46000", "1005", "70000"])
+def test_a_subset_the_data_cannot_give_is_refused_at_once(tmp_path, capsys, n):
+    """More than the rarest class allows (4,506 fives among the first 50,000), not a multiple of 10, or above
+    the whole set: exit 2, one line, before anything is loaded."""
     with pytest.raises(SystemExit) as e:
-        train.main(["--variant", "none", "--train-subset", "46000", "--data", DATA, "--out", str(tmp_path),
-                    "--no-compile"])
+        train.main(["--variant", "none", "--train-subset", n, "--data", DATA, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and "needs 4,600 images of class 5; there are 4,506" in err[0], err
+    assert e.value.code == 2 and "multiple of 10 up to 45,060" in err[-1] and len(err) <= 2, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_balanced_subset_says_which_class_runs_short(mnist):
+    """Asking the data for more of a class than it has names the class and both counts."""
+    with pytest.raises(ValueError, match="needs 4,600 images of class 5; there are 4,506"):
+        data.balanced_subset(mnist[1][:50000], 46000, torch.Generator())
 
 
 def test_variants_of_one_seed_share_their_subset(run_train, tmp_path):
@@ -114,6 +122,7 @@ def tiny_study(tmp_path, monkeypatch):
     monkeypatch.setattr(datasize, "POINTS", 3)
     monkeypatch.setattr(datasize, "GRID", {"l1": [1e-3], "l2": [1e-2]})
     monkeypatch.setattr(datasize, "FOLDER", str(tmp_path / "datasize"))
+    monkeypatch.setattr(datasize, "choice_committed", lambda size: True)  # tmp_path is outside the repository
     return ["--data", DATA, "--test-limit", "64", "--device", "cpu", "--no-compile", *FP32]
 
 
@@ -137,7 +146,7 @@ def test_the_study_runs_its_steps_in_order_and_skips_what_is_done(tiny_study, tm
 
 def test_a_committed_choice_is_never_replaced(tiny_study, tmp_path):
     """choose on other validation numbers than those behind an existing entry: one line, the entry stays."""
-    datasize.lambdas(100, tiny_study)
+    datasize.search_lambdas(100, tiny_study)
     datasize.choose(100)
     path = tmp_path / "datasize" / "choice.json"
     doc = json.load(open(path))
@@ -151,12 +160,12 @@ def test_a_committed_choice_is_never_replaced(tiny_study, tmp_path):
 def test_an_interrupted_size_is_continued(tiny_study, tmp_path, monkeypatch, capfd):
     """A test pack stopped after its first segment (full disk) leaves its state; the next `all` continues it
     with --resume (and says so) and ends where an uninterrupted pack ends."""
-    datasize.lambdas(100, tiny_study)
+    datasize.search_lambdas(100, tiny_study)
     datasize.choose(100)
     chosen = json.load(open(tmp_path / "datasize" / "choice.json"))["sizes"]["100"]["chosen"]
     out = tmp_path / "datasize" / "n100"
     argv = ["--variant", "none,l1,l2,l1l2", "--l1", f"{chosen['l1']:g}", "--l2", f"{chosen['l2']:g}",
-            *datasize.common(100, datasize.TEST_SEEDS), "--packed", "--out", str(out), *tiny_study]
+            *datasize.study_args(100, datasize.TEST_SEEDS), "--packed", "--out", str(out), *tiny_study]
     assert stop_at_second_save(monkeypatch, argv) == 1
     assert (out / "state").exists() and list((out / "state").glob("*.pt"))
     capfd.readouterr()
@@ -166,3 +175,13 @@ def test_an_interrupted_size_is_continued(tiny_study, tmp_path, monkeypatch, cap
     for variant in ("none", "l1l2"):
         resumed, whole = (json.load(open(d / f"{variant}.json")) for d in (out, tmp_path / "whole"))
         assert metrics(resumed) == metrics(whole), variant
+
+
+def test_the_study_stops_for_each_choice_to_be_committed(tiny_study, tmp_path, monkeypatch, capsys):
+    """`all` chooses λ for a size, then refuses its test runs in one line until the choice is committed."""
+    monkeypatch.setattr(datasize, "choice_committed", lambda size: False)
+    with pytest.raises(SystemExit) as e:
+        datasize.main(["all", *tiny_study])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and "not committed" in err[-1] and "commit it" in err[-1], err
+    assert (tmp_path / "datasize" / "choice.json").exists() and not (tmp_path / "datasize" / "n100").exists()

@@ -1,5 +1,6 @@
 """Interruption and resume: a killed run resumes exactly, an interrupted run is never discarded silently, and
 Ctrl-C and SIGTERM end in one line that says what was kept."""
+import errno
 import json
 import os
 import signal
@@ -192,3 +193,45 @@ def test_ctrl_c_before_the_first_epoch_ends_promises_nothing(tmp_path):
     assert rc == 130 and len(err.strip().splitlines()) == 1, err
     assert "nothing to resume" in err and "--resume" not in err, err
     assert not (out / "state" / "none@0.pt").exists()
+
+
+def test_a_pack_stopped_between_its_results_files_resumes_whole(tmp_path, monkeypatch, capsys):
+    """A full disk after none.json but before l1.json of a packed none,l1 run: the state stays, the same command
+    refuses without --resume, and --resume writes l1 (and none again, identical) as an uninterrupted run does."""
+    args = ["--variant", "none,l1", "--seeds", "0,1", "--packed", *SMALL[2:], "--epochs", "2"]
+    save, calls = results.save, []
+
+    def second_file_fails(folder, name, result, weights):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", os.path.join(folder, f"{name}.json"))
+        save(folder, name, result, weights)
+    with monkeypatch.context() as m:
+        m.setattr(results, "save", second_file_fails)
+        with pytest.raises(SystemExit):
+            train.main([*args, "--out", str(tmp_path / "a")])
+    state = tmp_path / "a" / "state" / "none@0,1+l1@0,1.pt"
+    assert (tmp_path / "a" / "none.json").exists() and not (tmp_path / "a" / "l1.json").exists() and state.exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main([*args, "--out", str(tmp_path / "a")])
+    assert e.value.code == 2 and str(state) in one_line_error(capsys)
+    assert train.main([*args, "--out", str(tmp_path / "a"), "--resume"]) == 0 and not state.exists()
+    assert train.main([*args, "--out", str(tmp_path / "b")]) == 0
+    for name in ("none", "l1"):
+        resumed, whole = (json.load(open(tmp_path / d / f"{name}.json")) for d in "ab")
+        assert metrics(resumed) == metrics(whole), name
+
+
+def test_signals_wait_for_a_packs_results_files():
+    """SIGTERM inside signals_held() acts only when the block is done: no interruption between the files."""
+    old, done = signal.signal(signal.SIGTERM, train.on_sigterm), []
+    try:
+        with pytest.raises(train.Terminated):
+            with train.signals_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                done.append("all files written")
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert done == ["all files written"]
