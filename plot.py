@@ -234,6 +234,44 @@ def plot_sweep(points):
     return png(fig)
 
 
+def plot_datasize(rows):
+    """The data-size study: final test accuracy and loss against the training-set size (seed mean, min-max band),
+    and each penalty's paired difference from none with its 95% interval, for accuracy and for loss."""
+    fig = plt.figure(figsize=(17, 5.4))
+    grid = fig.add_gridspec(2, 3)
+    ax_acc, ax_loss = fig.add_subplot(grid[:, 0]), fig.add_subplot(grid[:, 1])
+    ax_dacc, ax_dloss = fig.add_subplot(grid[0, 2]), fig.add_subplot(grid[1, 2])
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    for i, name in enumerate(variants):
+        mine = [r for r in rows if r["variant"] == name]
+        x = np.array([r["size"] for r in mine], dtype=float)
+        for ax, key in ((ax_acc, "acc"), (ax_loss, "loss")):
+            ax.plot(x, [r[f"{key}_mean"] for r in mine], "o-", color=COLORS.get(name), label=name, lw=1.6)
+            ax.fill_between(x, [r[f"{key}_min"] for r in mine], [r[f"{key}_max"] for r in mine],
+                            color=COLORS.get(name), alpha=0.15, lw=0)
+        for ax, key in ((ax_dacc, "acc"), (ax_dloss, "loss")):
+            shown = [r for r in mine if r[f"{key}_lo"] is not None]
+            if shown:  # side by side around each size, so the intervals do not hide each other
+                xs = np.array([r["size"] for r in shown]) * 1.12 ** (i - 2)
+                d = np.array([r[f"{key}_diff"] for r in shown])
+                ax.errorbar(xs, d, yerr=[d - [r[f"{key}_lo"] for r in shown], [r[f"{key}_hi"] for r in shown] - d],
+                            fmt="o", ms=4, capsize=3, color=COLORS.get(name), label=name)
+    for ax, title in ((ax_acc, "final test accuracy (%)"), (ax_loss, "final test loss"),
+                      (ax_dacc, f"accuracy − {rules.BASE}, same seeds (95% interval)"),
+                      (ax_dloss, f"loss − {rules.BASE}, same seeds (95% interval)")):
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    for ax in (ax_dacc, ax_dloss):
+        ax.axhline(0, color="gray", lw=1)
+    for ax in (ax_acc, ax_loss, ax_dloss):
+        ax.set_xlabel("training images (log scale)")
+    ax_acc.legend(title="variant (seed mean, min-max band)", fontsize=8)
+    fig.suptitle("When do the penalties help? The same 9,375 steps at every size; λ chosen per size on the "
+                 "validation split", fontsize=11)
+    return png(fig)
+
+
 def ok_runs(result):
     return [run for run in result["runs"] if run["status"] == "ok"]
 
@@ -256,10 +294,13 @@ def render(folder, data_dir):
                "weights.png": plot_weights(found, weights),
                "differences.png": plot_differences(found, paired) if paired else None}
     for name, r in found.items():
-        figures[f"misclassified_{name}.png"] = plot_misclassified(name, r, *data.eval_split(mnist, r["config"]["val"], r["config"]["test_limit"]))
-    sweep = os.path.join(folder, "sweep")
+        images = data.eval_split(mnist, r["config"]["val"], r["config"]["test_limit"])
+        figures[f"misclassified_{name}.png"] = plot_misclassified(name, r, *images)
+    sweep, study = os.path.join(folder, "sweep"), results.load_datasize(folder)
     if glob.glob(os.path.join(glob.escape(sweep), "*.json")):
         figures["sweep.png"] = plot_sweep(stats.sweep_points(results.load_folder(sweep)))
+    if study:
+        figures["datasize.png"] = plot_datasize(stats.datasize_rows(study))
     return {name: blob for name, blob in figures.items() if blob is not None}
 
 

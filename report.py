@@ -116,12 +116,40 @@ def selection(recipe):
 def write(folder):
     """REPORT.md, and sweep.json where folder/sweep/ holds the λ sweep: the paths written."""
     text = report(results.load_folder(folder), results.load_recipe(folder))
+    study = results.load_datasize(folder)
+    if study:
+        text += "\n".join(datasize_section(stats.datasize_rows(study), results.load_choice(os.path.join(folder, "datasize"))))
     written = results.write_files(folder, {"REPORT.md": text.encode()})
     sweep = os.path.join(folder, "sweep")
     if glob.glob(os.path.join(glob.escape(sweep), "*.json")):
         results.write_sweep(folder, stats.sweep_points(results.load_folder(sweep)))
         written.append(os.path.join(folder, "sweep.json"))
     return written
+
+
+def datasize_section(rows, choice):
+    """REPORT.md's section on the data-size study: per size and variant, the final accuracy and loss and their
+    paired differences from none; then the λ chosen per size on the validation split."""
+    cell = lambda r, key, fmt: "–" if r[f"{key}_lo"] is None else \
+        f"{r[f'{key}_diff']:+{fmt}} [{r[f'{key}_lo']:+{fmt}}, {r[f'{key}_hi']:+{fmt}}]"
+    lines = ["", "## The data-size study", "", "Final test accuracy (%) and loss, mean [min, max] over seeds; `− none`: "
+             "mean paired difference from `none` on the same seeds (same subset, initial weights, data order) with its "
+             "95% t-interval. Every size trains 9,375 steps.", "",
+             "| training images | variant | seeds | final test acc | − none | final test loss | − none |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['size']:,} | {r['variant']} | {r['seeds']} | {r['acc_mean']:.2f} [{r['acc_min']:.2f}, "
+              f"{r['acc_max']:.2f}] | {cell(r, 'acc', '.2f')} | {r['loss_mean']:.4f} [{r['loss_min']:.4f}, "
+              f"{r['loss_max']:.4f}] | {cell(r, 'loss', '.4f')} |" for r in rows if r["acc_mean"] is not None]
+    if choice:
+        lines += ["", "λ per size, chosen on the validation split before that size's test runs (choice.json): "
+                  + next(iter(choice["sizes"].values()))["rule"] + ".", "",
+                  "| training images | λ1 | λ2 | none, val acc | grid: λ → mean val acc |", "|---|---|---|---|---|"]
+        for size, c in sorted(choice["sizes"].items(), key=lambda kv: int(kv[0])):
+            pts = ", ".join(f"{p['penalty']} {p['lambda']:g} → {p['val_acc_mean']:.2f}" for p in c["points"]
+                            if p["val_acc_mean"] is not None)
+            lines.append(f"| {int(size):,} | {c['chosen']['l1']:g} | {c['chosen']['l2']:g} | "
+                         f"{c['reference']['val_acc_mean']:.2f} | {pts} |")
+    return lines + [""]
 
 
 def main(argv=None):

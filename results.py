@@ -230,6 +230,12 @@ def load_folder(folder):
     return dict(sorted(found.items(), key=lambda kv: (order.get(kv[1]["variant"], 99), kv[0])))
 
 
+def load_datasize(folder):
+    """{N: {variant: result}} of the data-size study's test runs under folder/datasize/n<N>/ ({} where none)."""
+    sizes = glob.glob(os.path.join(glob.escape(folder), "datasize", "n[0-9]*"))
+    return {int(os.path.basename(d)[1:]): load_folder(d) for d in sorted(sizes) if result_paths(d)}
+
+
 def result_folders(root):
     """Every folder under root (root included) that holds results JSON files."""
     return [d for d, _, _ in sorted(os.walk(root)) if os.path.basename(d) != "state" and result_paths(d)]

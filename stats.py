@@ -12,8 +12,9 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 
 
 def finals(result, key="final_test_acc"):
-    """{seed: final value} of the runs that did not diverge."""
-    return {r["seed"]: r[key] for r in result["runs"] if r["status"] == "ok"}
+    """{seed: final value} of the runs that did not diverge; key "final_test_loss" is the last epoch's test_loss."""
+    return {r["seed"]: r["epochs"][-1]["test_loss"] if key == "final_test_loss" else r[key]
+            for r in result["runs"] if r["status"] == "ok"}
 
 
 def summarize(runs):
@@ -134,3 +135,22 @@ def sweep_points(found):
                         "val_acc_mean": sum(accs) / len(accs), "val_acc_min": min(accs), "val_acc_max": max(accs),
                         "seeds": [run["seed"] for run in r["runs"]], "epochs": cfg["epochs"]}
     return points
+
+
+def datasize_rows(study, base=BASE):
+    """study: {N: {variant: result}} -> [{size, variant, acc/loss: mean, min, max, and the paired difference from
+    base with its 95% interval (diff, lo, hi; None for base)}], sizes ascending."""
+    rows = []
+    for size, found in sorted(study.items()):
+        for name, r in found.items():
+            row = {"size": size, "variant": name, "seeds": len(finals(r))}
+            for key, short in (("final_test_acc", "acc"), ("final_test_loss", "loss")):
+                vals = list(finals(r, key).values())
+                row |= {f"{short}_mean": float(np.mean(vals)) if vals else None, f"{short}_min": min(vals, default=None),
+                        f"{short}_max": max(vals, default=None)}
+                diff = paired(r, found[base], key)[1] if name != base and base in found else []
+                mean, lo, hi = interval(diff) if diff else (None, None, None)
+                row |= {f"{short}_diff": mean, f"{short}_lo": lo, f"{short}_hi": hi}
+            rows.append(row)
+    return rows
+

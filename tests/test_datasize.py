@@ -8,10 +8,12 @@ import torch
 import data
 import datasize
 import loop
+import plot
+import report
 import results
 import rules
 import train
-from conftest import DATA, FP32, metrics, stop_at_second_save
+from conftest import DATA, FP32, make_result, metrics, stop_at_second_save
 
 TINY = ["--steps", "12", "--epochs", "3", "--test-limit", "64", *FP32]
 
@@ -185,3 +187,22 @@ def test_the_study_stops_for_each_choice_to_be_committed(tiny_study, tmp_path, m
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and "not committed" in err[-1] and "commit it" in err[-1], err
     assert (tmp_path / "datasize" / "choice.json").exists() and not (tmp_path / "datasize" / "n100").exists()
+
+
+def test_figure_and_report_section_show_the_study(tmp_path, mnist):
+    """With test runs of two sizes under datasize/, plot.py draws datasize.png and REPORT.md gains a section whose
+    numbers are the JSON's: per size and variant the mean [min, max] final accuracy and the paired difference
+    from none with its 95% t-interval."""
+    for size, shift in ((1000, 0.0), (5000, 0.5)):
+        folder = tmp_path / "datasize" / f"n{size}"
+        folder.mkdir(parents=True)
+        make_result(folder, "none", {0: 97.0 + shift, 1: 97.5 + shift}, mnist)
+        make_result(folder, "l2", {0: 97.5 + shift, 1: 98.5 + shift}, mnist, l2=1e-3)
+    make_result(tmp_path, "none", {0: 99.4, 1: 99.3}, mnist)  # the main study beside it
+    plot.main(["--results", str(tmp_path), "--data", DATA])
+    report.main(["--results", str(tmp_path)])
+    assert (tmp_path / "datasize.png").read_bytes()[:4] == b"\x89PNG"
+    text = (tmp_path / "REPORT.md").read_text()
+    # l2 - none on seeds 0, 1: +0.5, +1.0 -> +0.75 +- 12.706 * 0.3536 / sqrt(2)
+    assert "| 1,000 | l2 | 2 | 98.00 [97.50, 98.50] | +0.75 [-2.43, +3.93] |" in text, text
+    assert "| 5,000 | none | 2 | 97.75 [97.50, 98.00] | – |" in text, text
