@@ -27,6 +27,8 @@ def run_tool(p, args, job):
         return job()
     except (results.ResultsError, data.DataError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
+    except (KeyError, TypeError, IndexError, AttributeError) as e:  # a file that passed load() but lacks a key
+        p.exit(2, f"{p.prog}: error: a file in {args.results} lacks what train.py writes ({type(e).__name__}: {e})\n")
     except OSError as e:  # a read-only or full results folder
         p.exit(1, f"{p.prog}: error: cannot write {e.filename or args.results}: {e.strerror}\n")
     except KeyboardInterrupt:

@@ -70,8 +70,9 @@ def typed(convert, check, message):
 
 
 positive_int = typed(int, lambda v: v > 0, "must be an integer > 0")
-finite_nonneg = typed(float, lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0")
-finite_pos = typed(float, lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
+FLOAT32_MAX = 3.4e38  # the step computes in float32: a larger value overflows in the first step
+finite_nonneg = typed(float, lambda v: math.isfinite(v) and 0 <= v < FLOAT32_MAX, "must be a finite number >= 0")
+finite_pos = typed(float, lambda v: math.isfinite(v) and 0 < v < FLOAT32_MAX, "must be a finite number > 0")
 seed_list = typed(lambda s: [int(x) for x in s.split(",")],
                   lambda v: len(set(v)) == len(v) and all(0 <= x < 2**32 for x in v),
                   "must be distinct comma-separated integers in [0, 2^32), e.g. 0,1,2")
@@ -131,6 +132,10 @@ def parse_args(argv=None):
             p.error(f"argument --{name}: {getattr(args, name)} must be < 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("argument --device: cuda was asked for but torch sees no CUDA device")
+    if args.name in VARIANTS and args.variant != [args.name]:  # readers would take the file for that variant
+        p.error(f"argument --name: {args.name!r} names the variant {args.name}; pick another name")
+    if not args.out.strip() or not args.data.strip():
+        p.error("argument --out/--data: an empty path would mean the current folder; name a folder")
     if args.name and len(args.variant) > 1:
         p.error("argument --name: names one results file, so it goes with one variant")
     if args.name and results.check_name(args.name):

@@ -83,8 +83,8 @@ def choice_committed(size):
         r = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=results.REPO, capture_output=True, text=True)
     except OSError:  # no git installed
         return None
-    if r.returncode:
-        return None if "not a git repository" in r.stderr else False
+    if r.returncode:  # no repository here, or a results folder outside it: nothing can show the order
+        return None if "not a git repository" in r.stderr or "outside repository" in r.stderr else False
     try:
         return json.loads(r.stdout)["sizes"].get(str(size)) == results.load_choice(FOLDER)["sizes"][str(size)]
     except (ValueError, KeyError, TypeError, AttributeError):  # a damaged file at HEAD: not committed
@@ -121,8 +121,10 @@ def run_all(extra):
 def main(argv):
     global FOLDER
     usage = f"usage: python datasize.py {{lambdas,choose,test}} SIZE | all  [--results DIR] [train.py flags]  (sizes: {SIZES})"
-    if "--results" in argv[:-1]:
+    if "--results" in argv:
         i = argv.index("--results")
+        if i + 1 == len(argv):
+            sys.exit(usage)
         FOLDER, argv = os.path.join(argv[i + 1], "datasize"), argv[:i] + argv[i + 2:]
     if not argv or argv[0] not in ("lambdas", "choose", "test", "all") or \
             (argv[0] != "all" and (len(argv) < 2 or not argv[1].isdigit() or int(argv[1]) not in SIZES)):

@@ -179,7 +179,7 @@ def load(path):
         raise ResultsError(f"{path}: no runs, or missing variant/config/summary")
     try:
         stats.check_derived(r)
-    except (KeyError, TypeError, IndexError) as e:
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
         raise ResultsError(f"{path}: a run lacks what train.py writes ({type(e).__name__}: {e})")
     except ValueError as e:
         raise ResultsError(f"{path}: {e}; results are never edited by hand: restore the file (git checkout) or "
@@ -293,8 +293,11 @@ def load_choice(folder):
     if not os.path.exists(path):
         return None
     r = read_json(path, "restore it (git checkout) or move it away")
-    if not isinstance(r, dict) or not isinstance(r.get("sizes"), dict):
-        raise ResultsError(f"{path}: no sizes; restore it (git checkout) or move it away")
+    chosen = lambda e: isinstance(e, dict) and isinstance(e.get("chosen"), dict) and \
+        all(isinstance(e["chosen"].get(k), (int, float)) for k in ("l1", "l2"))
+    if not isinstance(r, dict) or not isinstance(r.get("sizes"), dict) or not all(map(chosen, r["sizes"].values())):
+        raise ResultsError(f"{path}: no sizes, or a size without its chosen l1 and l2; restore it (git checkout) or "
+                           f"move it away")
     return r
 
 
@@ -346,11 +349,15 @@ def main(argv):
         sys.exit(usage)
     try:
         if argv[0] == "migrate":
+            if not os.path.isdir(argv[1]):
+                raise ResultsError(f"{argv[1]} is not a directory")
             print("\n".join(f"migrated {p}" for p in migrate(argv[1])) or f"{argv[1]}: no schema-2 files")
             return
         rec = write_recipe(argv[1], argv[2:])
     except ResultsError as e:
         sys.exit(f"results.py: error: {e}")
+    except (KeyError, TypeError, IndexError, AttributeError) as e:  # JSON that parses but is no results file
+        sys.exit(f"results.py: error: a file in {argv[1]} is not what train.py writes ({type(e).__name__}: {e})")
     for c in rec["candidates"]:
         mean = "diverged" if c["val_acc_mean"] is None else f"{c['val_acc_mean']:.3f}"
         print(f"{c['name']:>10}: val acc {mean} over seeds {c['seeds']} {c['val_acc']}")

@@ -1,5 +1,6 @@
 """Summaries over seeds and paired statistics: what a reader may conclude from the final accuracies."""
 import math
+import os
 
 import numpy as np
 import torch
@@ -108,10 +109,16 @@ def derived(run, config):
 def check_derived(r):
     """ValueError naming the first stored number of result r that differs from its derivation."""
     for run in r["runs"]:
-        if run["status"] != "ok":
+        if run["status"] != "ok":  # a diverged run ends in the epoch whose loss was not finite (stored as null)
+            last = run["epochs"][-1] if run["epochs"] else {}
+            if run["status"] != "diverged" or last.get("epoch") != run.get("diverged_epoch") or \
+                    None not in (last.get("train_loss"), last.get("penalty")):
+                raise ValueError(f"seed {run['seed']}: status {run['status']!r}, but its epochs end without the "
+                                 f"non-finite loss that marks a diverged run")
             continue
-        if not isinstance(run.get("checkpoint"), str) or not run["checkpoint"]:  # plot.py and verify.py load it
-            raise ValueError(f"seed {run['seed']}: names no checkpoint")
+        if not isinstance(run.get("checkpoint"), str) or os.path.basename(run["checkpoint"]) != run["checkpoint"] \
+                or not run["checkpoint"]:  # a file beside the JSON: plot.py and verify.py load it
+            raise ValueError(f"seed {run['seed']}: checkpoint {run.get('checkpoint')!r} is not a file name beside the JSON")
         if len(run["epochs"]) != r["config"]["epochs"] or run["final_test_acc"] != run["epochs"][-1]["test_acc"]:
             raise ValueError(f"seed {run['seed']}: final_test_acc {run['final_test_acc']} is not the last of its "
                              f"{len(run['epochs'])} epochs' test_acc")

@@ -8,11 +8,13 @@ import os
 import signal
 import sys
 
-if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-    # Ctrl-C while starting (torch importing, data loading): one line, not a traceback; main() installs the
-    # normal handler just before training, where a KeyboardInterrupt is caught and the saved epochs are named
-    signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("\ntrain.py: interrupted while starting; nothing "
-                                                              "was written\n"), os._exit(130)))
+if __name__ == "__main__":
+    # Ctrl-C or SIGTERM while starting (torch importing): one line, not a traceback; main() installs its own
+    # handlers before it touches a file, and there the saved epochs are named
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, lambda signum, _: (sys.stderr.write("\ntrain.py: interrupted while starting; nothing "
+                                                                   "was written\n"), os._exit(128 + signum)))
 
 import contextlib  # noqa: E402
 import errno  # noqa: E402
@@ -138,7 +140,14 @@ def check(cfgs, args, out):
     old = {}
     for c in cfgs:
         path = os.path.join(out, f"{c.name}.json")
-        old[c.name] = results.load(path) if os.path.exists(path) else None
+        try:
+            old[c.name] = results.load(path) if os.path.exists(path) else None
+        except results.ResultsError as e:
+            if not args.overwrite:
+                raise
+            tqdm.write(f"--overwrite: {e.args[0].split(';')[0]}; it is replaced when this run's first result is written")
+            old[c.name] = None
+    check_split(out, cfg)
     fallback = compile_problem(cfg)  # decided before the merge check: a run that fell back must compare as eager
     if fallback:
         tqdm.write(f"torch.compile does not work here ({fallback}); training eagerly (--no-compile to skip this)")
@@ -164,6 +173,18 @@ def check(cfgs, args, out):
     return old, load_split(cfg, digests), digests, fallback
 
 
+def check_split(out, cfg):
+    """One folder holds one split: a --val run is refused among test runs and the other way round."""
+    for path in results.result_paths(out):
+        try:
+            val = bool(results.read_json(path, "")["config"]["val"])
+        except (results.ResultsError, KeyError, TypeError):
+            continue  # damaged files are results.load's to report
+        if val != cfg.val:
+            raise ValueError(f"{out} holds {'validation' if val else 'test'} runs ({os.path.basename(path)}); a "
+                             f"{'--val' if cfg.val else 'test'} run goes to a folder of its own (--out)")
+
+
 def plan(cfgs, args, out, old):
     """(runs kept per name, packs to train). Refuses to pass over an interrupted run's state silently."""
     runs = {c.name: list(old[c.name]["runs"]) if old[c.name] else [] for c in cfgs}
@@ -184,6 +205,13 @@ def plan(cfgs, args, out, old):
         todo = unfinished_pack(out, cfgs, todo, runs)
     packs = [todo] if cfgs[0].packed and todo else [[m] for m in todo]
     states = [loop.state_path(out, [(c.name, s) for c, s in p]) for p in packs]
+    mine = {(c.name, s) for c, s in todo}
+    for path in sorted(glob.glob(os.path.join(glob.escape(out), "state", "*.pt"))):
+        members = loop.state_members(path) or []
+        if path not in states and mine & set(members):
+            raise ValueError(f"{path} holds an interrupted run of {', '.join(f'{n} seed {s}' for n, s in members)}, "
+                             f"which this command would train again: continue it with the command that saved it "
+                             f"(the same seeds, --packed or not) and --resume, or delete the file to start afresh")
     if args.resume and todo and not any(os.path.exists(p) for p in states):
         raise ValueError(f"--resume: no saved state for {', '.join(runs)} seeds {[s for _, s in todo]} in {out}/state")
     for pack, path in zip(packs, states):
@@ -254,8 +282,7 @@ def record(out, pack, new, weights, runs):
         runs[c.name] = [r for r in runs[c.name] if r["seed"] != seed] + [run]
     newest = {c.name: (c, run) for (c, _), run in zip(pack, new)}
     for name, (c, run) in newest.items():
-        order = {s: i for i, s in enumerate(c.seeds)}
-        runs[name].sort(key=lambda r: (order.get(r["seed"], -1), r["seed"]))  # kept seeds first
+        runs[name].sort(key=lambda r: r["seed"])
         result = {"schema": results.SCHEMA, "variant": c.variant,
                   "config": asdict(c) | {"seeds": [r["seed"] for r in runs[name]]},
                   "env": run["env"], "runs": runs[name], "summary": stats.summarize(runs[name])}

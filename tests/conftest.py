@@ -83,9 +83,10 @@ def make_result(folder, variant, finals, mnist, epochs=3, **config):
     beside it: each seed's misclassified list has the length its final accuracy implies (real digits of the
     evaluated split, each "predicted" as the next digit), the derived numbers follow from the epochs. Variants with
     an L1 penalty get soft-thresholded weights (exact zeros), as a strong L1 pull would leave."""
-    cfg = asdict(train.Config(variant=variant, epochs=epochs, seeds=list(finals), test_limit=N_SYNTHETIC,
-                              name=variant, **config))
-    labels = (mnist[1][50000:] if cfg["val"] else mnist[3])[:N_SYNTHETIC]
+    cfg = asdict(train.Config(**{"variant": variant, "epochs": epochs, "seeds": list(finals), "test_limit": N_SYNTHETIC,
+                                 "name": variant} | config))
+    n = cfg["test_limit"] or 10000
+    labels = (mnist[1][50000:] if cfg["val"] else mnist[3])[:n]
     runs = []
     for seed, final in finals.items():
         torch.manual_seed(seed)
@@ -94,8 +95,8 @@ def make_result(folder, variant, finals, mnist, epochs=3, **config):
             for w in (p for p in net.parameters() if p.dim() == 4 and cfg["l1"]):
                 w.copy_(w.sign() * (w.abs() - 0.3 * w.abs().max()).clamp(min=0))
         state = net.state_dict()
-        wrong = round(N_SYNTHETIC * (100 - final) / 100)
-        assert 100.0 * (N_SYNTHETIC - wrong) / N_SYNTHETIC == final, f"{final} is not reachable with {N_SYNTHETIC} images"
+        wrong = round(n * (100 - final) / 100)
+        assert 100.0 * (n - wrong) / n == final, f"{final} is not reachable with {n} images"
         norms = {k.split(".")[0]: w.norm().item() for k, w in state.items() if w.dim() == 4}  # conv1..conv9
         accs = [final - 0.3, final + 0.1, final, final][:epochs - 1] + [final]
         lrs = [0.05, 0.1, 0.01, 0.001][:epochs - 1] + [1e-6]
@@ -106,12 +107,12 @@ def make_result(folder, variant, finals, mnist, epochs=3, **config):
              "test_acc": a, "lr": lr, "momentum": 0.9, "seconds": 10.0,
              "weight_norm": {k: v * (1 + 0.2 * (epochs - 1 - e)) for k, v in norms.items()}}
             for e, (a, lr) in enumerate(zip(accs, lrs))],
-            "final_test_acc": final, "test_correct": N_SYNTHETIC - wrong, "best_test_acc": max(accs),
+            "final_test_acc": final, "test_correct": n - wrong, "best_test_acc": max(accs),
             "best_epoch": accs.index(max(accs)) + 1, "first_epoch_at_99_4": next((e + 1 for e, a in enumerate(accs)
                                                                                   if a >= 99.40), None),
             "near_zero_fraction": model.near_zero_fraction(state),
             "misclassified": [{"index": i, "label": int(labels[i]), "pred": (int(labels[i]) + 1) % 10}
-                              for i in range(0, 20 * wrong, 20)],
+                              for i in range(0, n // max(wrong, 1) * wrong, n // max(wrong, 1))],
             "checkpoint": ckpt, "env": {"command": "synthetic", "device": "cpu"}})
     result = {"schema": results.SCHEMA, "variant": variant, "config": cfg,
               "env": {"command": "synthetic", "device": "cpu", "git_commit": None, "torch": torch.__version__},

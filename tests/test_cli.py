@@ -9,7 +9,7 @@ import torch
 
 import data
 import train
-from conftest import DATA, ROOT, TRAIN_PY, one_line_error
+from conftest import DATA, ROOT, TRAIN_PY, one_line_error, popen
 
 
 BAD = [  # (arguments, fragment of the error message, refused by the parser: before any file is touched)
@@ -40,6 +40,10 @@ BAD = [  # (arguments, fragment of the error message, refused by the parser: bef
     (["--variant", "none", "--name", "recipe"], "'recipe' is reserved by the results folder", True),
     (["--variant", "none", "--name", "sweep"], "'sweep' is reserved by the results folder", True),
     (["--variant", "l1", "--dropout", "0.999"], "rounds to 256/256 with --dropout-masks bytes", True),
+    (["--variant", "l2", "--name", "none"], "'none' names the variant none", True),
+    (["--variant", "l1", "--out", ""], "an empty path would mean the current folder", True),
+    (["--variant", "l1", "--lr", "1e39"], "must be a finite number > 0", True),
+    (["--variant", "l1", "--no-cycle-momentum", "--momentum", "1e308"], "must be a finite number >= 0", True),
     (["--variant", "l1", "--train-limit", "70000"], "larger than the 60,000 images", False),
     (["--variant", "l1", "--test-limit", "20000"], "larger than the 10,000 images", False),
     (["--variant", "l1", "--data", "/nonexistent/mnist"], "is not a directory", False),
@@ -154,3 +158,29 @@ def test_make_rejects_bad_results_folder(value):
     r = subprocess.run(["make", "-n", "-C", ROOT, "clean", f"RESULTS={value}"], capture_output=True, text=True)
     assert r.returncode != 0 and f"RESULTS='{value}' must be a folder path" in r.stderr, r.stderr
     assert "rm " not in r.stdout
+
+
+def test_a_validation_run_never_joins_test_runs(run_train, tmp_path, capsys):
+    """--val into a folder of test runs (or a test run into a folder of --val runs): exit 2, one line naming the
+    folder and --out, before anything trains; the folder stays readable by the reports."""
+    assert run_train("--variant", "none", "--epochs", "1", "--train-limit", "64", "--test-limit", "64")[0] == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_train("--variant", "l1", "--val", "--epochs", "1", "--train-limit", "64", "--test-limit", "64", name="l1")
+    err = one_line_error(capsys)
+    assert e.value.code == 2 and "holds test runs" in err and "--out" in err, err
+    assert not (tmp_path / "l1.json").exists()
+
+
+def test_sigterm_while_starting_is_one_line(tmp_path):
+    """SIGTERM while torch is still importing: exit 143, one line, nothing written."""
+    from test_resume import torch_is_loading
+    import signal
+    import time
+    proc = popen("--variant", "none", "--epochs", "1", "--train-limit", "64", "--data", DATA, "--out", str(tmp_path))
+    started = time.time()
+    while not torch_is_loading(proc.pid, started) and proc.poll() is None and time.time() < started + 30:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and len(err.strip().splitlines()) == 1 and "while starting" in err, err

@@ -363,7 +363,9 @@ def test_check_merge_names_what_differs():
 def test_a_validation_run_among_test_runs_is_refused(run_train, tmp_path):
     """load_folder refuses a folder mixing --val and test runs, in one line naming the validation run."""
     run_train("--variant", "l1", *FAST, name="l1")
-    run_train("--variant", "l1", *FAST, "--val", "--name", "l1-val", name="l1-val")
+    run_train("--variant", "l1", *FAST, "--val", "--name", "l1-val", out=tmp_path / "val", name="l1-val")
+    for f in (tmp_path / "val").glob("l1-val*"):  # copied in by hand: train.py itself refuses to mix
+        shutil.copy(f, tmp_path)
     with pytest.raises(results.ResultsError) as e:
         results.load_folder(str(tmp_path))
     message = str(e.value)
@@ -550,3 +552,25 @@ def test_the_committed_validation_search_reproduces(tmp_path):
     assert (out["chosen"], out["lambdas"]) == (committed["chosen"], committed["lambdas"])
     assert [c["val_acc_mean"] for c in out["candidates"]] == [c["val_acc_mean"] for c in committed["candidates"]]
     assert out["rule"] == rules.RECIPE_RULE == committed["rule"]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda r: r["runs"][0].update(status="diverged", diverged_epoch=1), "marks a diverged run"),
+    (lambda r: r["runs"][0].update(checkpoint="/elsewhere/" + r["runs"][0]["checkpoint"]), "not a file name beside")],
+    ids=["hidden as diverged", "checkpoint elsewhere"])
+def test_a_run_cannot_be_hidden_or_pointed_elsewhere(run_train, tmp_path, edit, message):
+    """A finished run marked diverged (which drops it from the mean) or a checkpoint outside the folder is refused."""
+    _, res = run_train("--variant", "l1", *FAST, name="l1")
+    edit(res)
+    (tmp_path / "l1.json").write_text(json.dumps(res))
+    with pytest.raises(results.ResultsError, match=message):
+        results.load(str(tmp_path / "l1.json"))
+
+
+def test_overwrite_replaces_a_damaged_file(run_train, tmp_path):
+    """A truncated results file, refused otherwise, is replaced by --overwrite as its hint says."""
+    run_train("--variant", "l1", *FAST, name="l1")
+    blob = (tmp_path / "l1.json").read_bytes()
+    (tmp_path / "l1.json").write_bytes(blob[:len(blob) // 2])
+    code, res = run_train("--variant", "l1", *FAST, "--overwrite", name="l1")
+    assert code == 0 and [r["seed"] for r in res["runs"]] == [0]

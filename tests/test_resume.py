@@ -235,3 +235,21 @@ def test_signals_wait_for_a_packs_results_files():
     finally:
         signal.signal(signal.SIGTERM, old)
     assert done == ["all files written"]
+
+
+@pytest.mark.parametrize("change", [["--seeds", "0"], ["--seeds", "0,1,2", "--packed"], ["--seeds", "1,0", "--packed"]],
+                         ids=["unpacked", "a seed added", "reordered"])
+def test_another_pack_over_an_interrupted_one_is_refused(tmp_path, monkeypatch, capsys, change):
+    """A packed run of seeds 0,1 stopped after epoch 1, then a command that would train some of its seeds in
+    another pack: with or without --resume, exit 2 and one line naming the state file; the state stays."""
+    base = [*SMALL, "--epochs", "2", "--out", str(tmp_path)]
+    assert stop_at_second_save(monkeypatch, [*base, "--seeds", "0,1", "--packed"]) == 1
+    state = tmp_path / "state" / "l1@0,1.pt"
+    before = state.read_bytes()
+    capsys.readouterr()
+    for resume in ([], ["--resume"]):
+        with pytest.raises(SystemExit) as e:
+            train.main([*base, *change, *resume])
+        err = one_line_error(capsys)
+        assert e.value.code == 2 and str(state) in err and "--resume" in err, err
+    assert state.read_bytes() == before
