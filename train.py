@@ -155,8 +155,8 @@ def check(cfgs, args, out):
             c.compile = False
     for c in cfgs:
         path, r = os.path.join(out, f"{c.name}.json"), old[c.name]
-        if r and args.overwrite and rules.differences(r["config"], asdict(c)):
-            diff = rules.differences(r["config"], asdict(c))
+        diff = rules.differences(r["config"], asdict(c)) if r else []
+        if diff and args.overwrite:
             tqdm.write(f"--overwrite: {path} holds another config ({', '.join(diff)}); its seeds "
                        f"{[run['seed'] for run in r['runs']]} are dropped when this run's first result is written")
             old[c.name] = None
@@ -229,13 +229,19 @@ def unfinished_pack(out, cfgs, todo, runs):
     path = loop.state_path(out, [(c.name, s) for c, s in whole])
     if todo == whole or not os.path.exists(path):
         return todo
+    done = [(c.name, s) for c, s in whole if (c, s) not in todo]
+    return whole if written(path, [(c.name, s) for c, s in whole], done, runs) else todo
+
+
+def written(path, members, which, runs):
+    """Whether the state at path (of these members) holds, for each member in `which`, exactly the epochs its
+    results file already holds; False for a damaged state."""
     try:
         histories = torch.load(path, map_location="cpu", weights_only=True)["histories"]
     except Exception:  # damaged: plan() names it when it is this pack's
-        return todo
+        return False
     finished = {(n, r["seed"]): r["epochs"] for n in runs for r in runs[n]}
-    written = [finished.get((c.name, s)) == h for (c, s), h in zip(whole, histories) if (c, s) not in todo]
-    return whole if all(written) and len(histories) == len(whole) else todo
+    return len(histories) == len(members) and all(finished.get(m) == h for m, h in zip(members, histories) if m in which)
 
 
 def sweep_stale_states(out, runs):
@@ -243,17 +249,11 @@ def sweep_stale_states(out, runs):
     a kill between writing a result and removing its state leaves them."""
     for path in glob.glob(os.path.join(glob.escape(out), "state", "*.pt")):
         members = loop.state_members(path)
-        finished = {(n, r["seed"]): r for n in runs for r in runs[n] if r["status"] == "ok"}
+        finished = {(n, r["seed"]) for n in runs for r in runs[n] if r["status"] == "ok"}
         if members is None and any(os.path.basename(path).startswith(f"{n}-seed") for n in runs):
             tqdm.write(f"note: {path} is an interrupted run saved by an older version (its name does not list its "
                        f"members); finish it with that version's code, or delete it")
-        if not members or not all(m in finished for m in members):
-            continue
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # damaged: leave it for the user, whom plan() tells if it matters
-            continue
-        if [finished[m]["epochs"] for m in members] == state.get("histories"):
+        if members and all(m in finished for m in members) and written(path, members, members, runs):
             os.remove(path)
             tqdm.write(f"removed {path}: the run it saved is already written")
 
