@@ -17,6 +17,7 @@ import sys
 
 import loop
 import results
+from train import Stop  # one line on stderr and an exit code
 
 SIZES = [1000, 5000, 20000, 60000]            # 60000 = the whole training set
 STEPS, POINTS = 9375, 15                      # 5 epochs of 60k, 300 of 1k; evaluated every 625 steps
@@ -25,13 +26,6 @@ GRID = {"l1": [1e-5, 1e-4, 1e-3, 1e-2],       # 4 λ's over 3 decades each; smal
 VAL_SEEDS, TEST_SEEDS = "0,1,2", "0,1,2,3,4"
 VARIANTS = ["none", "l1", "l2", "l1l2"]
 FOLDER = os.path.join(results.REPO, "results", "datasize")
-
-
-class Stop(Exception):
-    """Ends the study with one line and an exit code."""
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
 
 
 def study_args(size, seeds):

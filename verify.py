@@ -2,6 +2,7 @@
 weights' hash in the checkpoint's name, the final accuracy and correct count, the misclassified list (index,
 label, prediction), near_zero_fraction, and the final loss (to 1e-4: an evaluation packed with other models
 rounds its sums differently). results.load has already checked every number derived from the per-epoch records.
+A checkpoint that no JSON names fails too: a seed dropped from its file by hand leaves its weights behind.
 
     python verify.py [--results DIR] [--data DIR]       # make verify; exit 1 if anything differs
 """
@@ -56,30 +57,42 @@ def check_run(folder, cfg, run, images, labels):
 
 
 def verify_tree(root, data_dir):
-    """(lines to print, runs that differ, runs checked) for every results folder under root."""
+    """(lines to print, runs that differ, runs checked, unnamed checkpoints) for every results folder under root."""
     mnist = data.load_mnist(data_dir, log=lambda s: None)
-    lines, bad, checked = [], 0, 0
+    lines, bad, checked, named = [], 0, 0, set()
     for folder in results.result_folders(root):
         for name, r in results.load_folder(folder).items():
             images, labels = data.eval_split(mnist, r["config"]["val"], r["config"]["test_limit"])
+            named |= {os.path.normpath(results.checkpoint_path(folder, run)) for run in r["runs"] if run.get("checkpoint")}
             for run in (run for run in r["runs"] if run["status"] == "ok"):
                 acc, problems = check_run(folder, r["config"], run, images, labels)
                 checked, bad = checked + 1, bad + bool(problems)
                 where = os.path.relpath(results.checkpoint_path(folder, run))
                 lines.append(f"{where} -> {acc:.2f}%: " + ("; ".join(problems).upper() if problems else "equals its JSON"))
-    return lines, bad, checked
+    unnamed = [p for p in checkpoints(root) if p not in named]
+    lines += [f"{os.path.relpath(p)}: NO JSON NAMES THIS CHECKPOINT" for p in unnamed]
+    return lines, bad, checked, unnamed
+
+
+def checkpoints(root):
+    """Every checkpoint file under root, outside the state/ folders (those hold unfinished runs)."""
+    return sorted(os.path.normpath(os.path.join(d, f)) for d, _, files in os.walk(root)
+                  if os.path.basename(d) != "state" for f in files if f.endswith(".pt"))
 
 
 def main(argv=None):
     p = cli.tool_parser("verify.py", __doc__, "folder to check, with its subfolders (default: the repository's "
                             "results/)", "MNIST folder (default: the repository's data/)")
     args = p.parse_args(argv)
-    lines, bad, checked = cli.run_tool(p, args, lambda: verify_tree(args.results, args.data))
+    lines, bad, checked, unnamed = cli.run_tool(p, args, lambda: verify_tree(args.results, args.data))
     print("\n".join(lines))
     if not checked:
         p.exit(1, f"{p.prog}: error: no checkpoint to verify under {args.results}: every run diverged or none is there\n")
     if bad:
         p.exit(1, f"{p.prog}: error: {bad} of {checked} checkpoints do not re-evaluate to their JSON\n")
+    if unnamed:  # a run dropped from its JSON, or a kill between saving a JSON and deleting what it replaced
+        p.exit(1, f"{p.prog}: error: {len(unnamed)} checkpoint(s) named by no JSON, first {os.path.relpath(unnamed[0])}: "
+                  f"restore the run they belong to, or delete them\n")
     print(f"all {checked} checkpoints under {args.results} re-evaluate to their JSON (accuracy, correct count, "
           f"misclassified list, near-zero fraction, loss)")
 

@@ -101,6 +101,22 @@ def test_other_weights_under_the_same_name_fail(two_seeds, capsys):
     assert "WEIGHTS DO NOT MATCH THE HASH" in line_naming(lines, res["runs"][0]["checkpoint"]), lines
 
 
+def test_a_checkpoint_no_json_names_fails(two_seeds, capsys):
+    """A seed dropped from its JSON by hand leaves its weights behind: a checkpoint that no JSON names is exit 1,
+    on a line of its own; an unfinished run's file under state/ is not such a checkpoint."""
+    folder, res = two_seeds
+    (folder / "state").mkdir(exist_ok=True)
+    shutil.copy(checkpoint(folder, res["runs"][0]), folder / "state" / "none@0,1.pt")
+    capsys.readouterr()
+    code, lines, err = run_verify(folder, capsys)
+    assert code == 0 and "all 2 checkpoints" in lines[-1], (lines, err)
+    shutil.copy(checkpoint(folder, res["runs"][0]), folder / "none-seed7-0123abcd.pt")
+    code, lines, err = run_verify(folder, capsys)
+    assert code == 1 and "1 checkpoint(s) named by no JSON" in err and "none-seed7-0123abcd.pt" in err, (lines, err)
+    assert [line for line in lines if "NO JSON" in line] == [
+        f"{os.path.relpath(folder / 'none-seed7-0123abcd.pt')}: NO JSON NAMES THIS CHECKPOINT"], lines
+
+
 def test_a_truncated_checkpoint_is_one_line(two_seeds, capsys):
     """A checkpoint cut short: exit 2, one line naming it."""
     folder, res = two_seeds
