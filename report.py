@@ -141,6 +141,8 @@ def datasize_section(rows, choice):
     lines += [f"| {r['size']:,} | {r['variant']} | {r['seeds']} | {r['acc_mean']:.2f} [{r['acc_min']:.2f}, "
               f"{r['acc_max']:.2f}] | {cell(r, 'acc', '.2f')} | {r['loss_mean']:.4f} [{r['loss_min']:.4f}, "
               f"{r['loss_max']:.4f}] | {cell(r, 'loss', '.4f')} |" for r in rows if r["acc_mean"] is not None]
+    lines += ["", "What the intervals say, per size (a penalty beats `none` where its interval excludes 0 on the better "
+              "side: higher accuracy, lower loss):", "", *datasize_findings(rows)]
     if choice:
         lines += ["", "λ per size, chosen on the validation split before that size's test runs (choice.json): "
                   + next(iter(choice["sizes"].values()))["rule"] + ".", "",
@@ -151,6 +153,29 @@ def datasize_section(rows, choice):
             lines.append(f"| {int(size):,} | {c['chosen']['l1']:g} | {c['chosen']['l2']:g} | "
                          f"{c['reference']['val_acc_mean']:.2f} | {pts} |")
     return lines + [""]
+
+
+VERDICTS = {1: ("beats", "beat"), -1: ("is worse than", "are worse than"),
+            0: ("is not distinguishable from", "are not distinguishable from")}
+
+
+def datasize_findings(rows):
+    """One line per size: for accuracy and for loss, the penalties whose paired 95% interval lies wholly on the
+    better side of 0 (they beat none), wholly on the worse side, or across 0 (no measurable difference)."""
+    lines = []
+    for size in sorted({r["size"] for r in rows}):
+        parts = []
+        for key, what, better, digits in (("acc", "Accuracy", 1, ".2f"), ("loss", "Loss", -1, ".3f")):
+            found = [r for r in rows if r["size"] == size and r[f"{key}_lo"] is not None]
+            side = lambda r: better * (r[f"{key}_lo"] > 0) - better * (r[f"{key}_hi"] < 0)  # 0 when it spans 0
+            said = lambda r: f"{r['variant']} {r[f'{key}_diff']:+{digits}} [{r[f'{key}_lo']:+{digits}}, {r[f'{key}_hi']:+{digits}}]"
+            groups = [(VERDICTS[v], [r for r in found if side(r) == v]) for v in (1, -1, 0)]
+            if found:
+                parts.append(f"{what}: " + "; ".join(f"{', '.join(map(said, g))} {verb[len(g) > 1]} none"
+                                                      for verb, g in groups if g) + ".")
+        if parts:
+            lines.append(f"- **{size:,} images**. " + " ".join(parts))
+    return lines
 
 
 def main(argv=None):

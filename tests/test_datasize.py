@@ -206,3 +206,22 @@ def test_figure_and_report_section_show_the_study(tmp_path, mnist):
     # l2 - none on seeds 0, 1: +0.5, +1.0 -> +0.75 +- 12.706 * 0.3536 / sqrt(2)
     assert "| 1,000 | l2 | 2 | 98.00 [97.50, 98.50] | +0.75 [-2.43, +3.93] |" in text, text
     assert "| 5,000 | none | 2 | 97.75 [97.50, 98.00] | – |" in text, text
+
+
+def test_report_states_per_size_which_penalty_beats_none():
+    """The finding per size follows the intervals alone: wholly above 0 in accuracy (below 0 in loss) beats none,
+    wholly on the other side is worse, across 0 is not distinguishable; none itself and lone seeds say nothing."""
+    def row(variant, acc, loss):
+        r = {"size": 1000, "variant": variant}
+        for key, v in (("acc", acc), ("loss", loss)):
+            r |= dict(zip((f"{key}_diff", f"{key}_lo", f"{key}_hi"), v or (None, None, None)))
+        return r
+    rows = [row("none", None, None), row("l1", (-0.06, -0.41, 0.28), (0.02, 0.01, 0.03)),
+            row("l2", (0.27, 0.04, 0.5), (-0.036, -0.051, -0.022)), row("l1l2", (-0.5, -0.9, -0.1), (0.0, -0.01, 0.01)),
+            {**row("l2", (0.3, 0.1, 0.5), None), "size": 5000}]
+    assert report.datasize_findings(rows) == [
+        "- **1,000 images**. Accuracy: l2 +0.27 [+0.04, +0.50] beats none; l1l2 -0.50 [-0.90, -0.10] is worse than "
+        "none; l1 -0.06 [-0.41, +0.28] is not distinguishable from none. Loss: l2 -0.036 [-0.051, -0.022] beats "
+        "none; l1 +0.020 [+0.010, +0.030] is worse than none; l1l2 +0.000 [-0.010, +0.010] is not distinguishable "
+        "from none.",
+        "- **5,000 images**. Accuracy: l2 +0.30 [+0.10, +0.50] beats none."]
