@@ -165,7 +165,7 @@ def datasize_findings(rows):
     lines = []
     for size in sorted({r["size"] for r in rows}):
         parts = []
-        for key, what, better, digits in (("acc", "Accuracy", 1, ".2f"), ("loss", "Loss", -1, ".3f")):
+        for key, what, better, digits in (("acc", "Accuracy", 1, ".2f"), ("loss", "Loss", -1, ".4f")):
             found = [r for r in rows if r["size"] == size and r[f"{key}_lo"] is not None]
             side = lambda r: better * (r[f"{key}_lo"] > 0) - better * (r[f"{key}_hi"] < 0)  # 0 when it spans 0
             said = lambda r: f"{r['variant']} {r[f'{key}_diff']:+{digits}} [{r[f'{key}_lo']:+{digits}}, {r[f'{key}_hi']:+{digits}}]"

@@ -221,7 +221,7 @@ def test_report_states_per_size_which_penalty_beats_none():
             {**row("l2", (0.3, 0.1, 0.5), None), "size": 5000}]
     assert report.datasize_findings(rows) == [
         "- **1,000 images**. Accuracy: l2 +0.27 [+0.04, +0.50] beats none; l1l2 -0.50 [-0.90, -0.10] is worse than "
-        "none; l1 -0.06 [-0.41, +0.28] is not distinguishable from none. Loss: l2 -0.036 [-0.051, -0.022] beats "
-        "none; l1 +0.020 [+0.010, +0.030] is worse than none; l1l2 +0.000 [-0.010, +0.010] is not distinguishable "
-        "from none.",
+        "none; l1 -0.06 [-0.41, +0.28] is not distinguishable from none. Loss: l2 -0.0360 [-0.0510, -0.0220] "
+        "beats none; l1 +0.0200 [+0.0100, +0.0300] is worse than none; l1l2 +0.0000 [-0.0100, +0.0100] is not "
+        "distinguishable from none.",
         "- **5,000 images**. Accuracy: l2 +0.30 [+0.10, +0.50] beats none."]
