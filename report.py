@@ -36,7 +36,7 @@ def compare(name, p):
     if lo is None:
         return (f"**{name}** − {rules.BASE} = {mean:+.2f} points on seed {seeds[0]} alone; with one seed there is no "
                 f"interval, so this cannot be told apart from seed-to-seed noise.")
-    verdict = ("distinguishable from noise (the interval excludes 0)" if lo > 0 or hi < 0
+    verdict = ("distinguishable from noise (the interval excludes 0)" if stats.side(lo, hi)
                else "not distinguishable from noise (the interval contains 0)")
     return (f"**{name}** − {rules.BASE} = {mean:+.2f} points, 95% paired t-interval [{lo:+.2f}, {hi:+.2f}] over "
             f"{len(seeds)} seeds: {verdict}.")
@@ -167,7 +167,7 @@ def datasize_findings(rows):
         parts = []
         for key, what, better, digits in (("acc", "Accuracy", 1, ".2f"), ("loss", "Loss", -1, ".4f")):
             found = [r for r in rows if r["size"] == size and r[f"{key}_lo"] is not None]
-            side = lambda r: better * (r[f"{key}_lo"] > 0) - better * (r[f"{key}_hi"] < 0)  # 0 when it spans 0
+            side = lambda r: better * stats.side(r[f"{key}_lo"], r[f"{key}_hi"])
             said = lambda r: f"{r['variant']} {r[f'{key}_diff']:+{digits}} [{r[f'{key}_lo']:+{digits}}, {r[f'{key}_hi']:+{digits}}]"
             groups = [(VERDICTS[v], [r for r in found if side(r) == v]) for v in (1, -1, 0)]
             if found:

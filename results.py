@@ -236,9 +236,15 @@ def load_datasize(folder):
     return {int(os.path.basename(d)[1:]): load_folder(d) for d in sorted(sizes) if result_paths(d)}
 
 
+def folders(root):
+    """(folder, its file names) for every folder under root (root included) but the state/ folders, which hold
+    unfinished runs."""
+    return [(d, files) for d, _, files in sorted(os.walk(root)) if os.path.basename(d) != "state"]
+
+
 def result_folders(root):
     """Every folder under root (root included) that holds results JSON files."""
-    return [d for d, _, _ in sorted(os.walk(root)) if os.path.basename(d) != "state" and result_paths(d)]
+    return [d for d, _ in folders(root) if result_paths(d)]
 
 
 def check_merge(path, old, config):

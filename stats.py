@@ -52,6 +52,11 @@ def interval(diffs):
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
+def side(lo, hi):
+    """+1 where an interval lies wholly above 0, -1 wholly below, 0 where it contains 0 (not told from noise)."""
+    return (lo > 0) - (hi < 0)
+
+
 def paired_interval(a, b):
     """interval() of a_i - b_i."""
     return interval(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))

@@ -69,15 +69,10 @@ def verify_tree(root, data_dir):
                 checked, bad = checked + 1, bad + bool(problems)
                 where = os.path.relpath(results.checkpoint_path(folder, run))
                 lines.append(f"{where} -> {acc:.2f}%: " + ("; ".join(problems).upper() if problems else "equals its JSON"))
-    unnamed = [p for p in checkpoints(root) if p not in named]
+    found = (os.path.normpath(os.path.join(d, f)) for d, files in results.folders(root) for f in files if f.endswith(".pt"))
+    unnamed = sorted(p for p in found if p not in named)
     lines += [f"{os.path.relpath(p)}: NO JSON NAMES THIS CHECKPOINT" for p in unnamed]
     return lines, bad, checked, unnamed
-
-
-def checkpoints(root):
-    """Every checkpoint file under root, outside the state/ folders (those hold unfinished runs)."""
-    return sorted(os.path.normpath(os.path.join(d, f)) for d, _, files in os.walk(root)
-                  if os.path.basename(d) != "state" for f in files if f.endswith(".pt"))
 
 
 def main(argv=None):
