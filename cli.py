@@ -5,6 +5,7 @@ import os
 
 import data
 import results
+import program
 
 
 def tool_parser(prog, doc, results_help, data_help=None):
@@ -23,6 +24,7 @@ def run_tool(p, args, job):
     if getattr(args, "data", data.DEFAULT_ROOT) != data.DEFAULT_ROOT and not os.path.isdir(args.data):
         p.exit(2, f"{p.prog}: error: --data {args.data} is not a directory; run `python data.py --data {args.data}` "
                   f"to fetch MNIST there\n")  # a typo must not download MNIST into a new folder
+    program.ready()  # Ctrl-C from here is a KeyboardInterrupt, caught below
     try:
         return job()
     except (results.ResultsError, data.DataError) as e:

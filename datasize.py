@@ -9,6 +9,11 @@ the validation split and committed before any test run of that size.
                                        # an interrupted run is continued, and it stops for each choice to be committed
 Options: --results DIR (default: the repository's results/); any other flag goes to train.py.
 """
+import program
+
+if __name__ == "__main__":
+    program.quiet_until_ready("datasize.py")  # Ctrl-C while torch imports: one line; train.py runs hold their own
+
 import json
 import os
 import signal
@@ -17,7 +22,7 @@ import sys
 
 import loop
 import results
-from train import Stop  # one line on stderr and an exit code
+from program import Stop  # one line on stderr and an exit code
 
 SIZES = [1000, 5000, 20000, 60000]            # 60000 = the whole training set
 STEPS, POINTS = 9375, 15                      # 5 epochs of 60k, 300 of 1k; evaluated every 625 steps
@@ -123,6 +128,7 @@ def main(argv):
     if not argv or argv[0] not in ("lambdas", "choose", "test", "all") or \
             (argv[0] != "all" and (len(argv) < 2 or not argv[1].isdigit() or int(argv[1]) not in SIZES)):
         sys.exit(usage)
+    program.ready()  # Ctrl-C is a KeyboardInterrupt again (ignored while a train.py run holds it)
     try:
         if argv[0] == "all":
             run_all(argv[1:])
@@ -135,6 +141,9 @@ def main(argv):
     except Stop as e:
         print(f"datasize.py: {e}", file=sys.stderr)
         sys.exit(e.code)
+    except KeyboardInterrupt:
+        print("datasize.py: interrupted; what finished is kept", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ writes loss.png, accuracy.png, differences.png, norms.png, weights.png, misclass
 when DIR/sweep/ holds validation runs) into DIR. It evaluates nothing: the misclassified digits are the JSON's
 lists, shown with the images data.py loads; verify.py checks those lists against the checkpoints.
 """
+import program
+
+if __name__ == "__main__":
+    program.quiet_until_ready("plot.py")  # Ctrl-C while torch imports: one line; cli.run_tool takes over from there
+
 import glob
 import io
 import os

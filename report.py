@@ -3,6 +3,11 @@ one sentence per variant against the study's targets, and the validation search 
 
     python report.py [--results DIR]       # part of `make plots`, after verify.py
 """
+import program
+
+if __name__ == "__main__":
+    program.quiet_until_ready("report.py")  # Ctrl-C while torch imports: one line; cli.run_tool takes over from there
+
 import glob
 import os
 import sys

@@ -8,13 +8,13 @@ import os
 import signal
 import sys
 
+import program
+from program import Stop
+
 if __name__ == "__main__":
-    # Ctrl-C or SIGTERM while starting (torch importing): one line, not a traceback; main() installs its own
-    # handlers before it touches a file, and there the saved epochs are named
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, lambda signum, _: (sys.stderr.write("\ntrain.py: interrupted while starting; nothing "
-                                                                   "was written\n"), os._exit(128 + signum)))
+    # Ctrl-C or SIGTERM while torch imports: one line, not a traceback; main() installs its own handlers before
+    # it touches a file, and there the saved epochs are named
+    program.quiet_until_ready("train.py")
 
 import contextlib  # noqa: E402
 import errno  # noqa: E402
@@ -71,13 +71,6 @@ def load_split(cfg, digests):
 
 # -----------------------------------------------------------------------------
 # main: check everything that can fail, plan what to train, train pack by pack, record each as it finishes
-
-class Stop(Exception):
-    """Ends main() with one line on stderr and an exit code."""
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that it unwinds as Ctrl-C does: temporary files removed, the

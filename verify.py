@@ -6,6 +6,11 @@ A checkpoint that no JSON names fails too: a seed dropped from its file by hand 
 
     python verify.py [--results DIR] [--data DIR]       # make verify; exit 1 if anything differs
 """
+import program
+
+if __name__ == "__main__":
+    program.quiet_until_ready("verify.py")  # Ctrl-C while torch imports: one line; cli.run_tool takes over from there
+
 import os
 import sys
 

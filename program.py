@@ -1,0 +1,30 @@
+"""What every program here shares, light enough to load before torch: a quiet start (Ctrl-C or SIGTERM while
+torch is still importing ends in one line and an exit code, not a traceback) and Stop, the one-line way out."""
+import os
+import signal
+import sys
+
+
+def quiet_until_ready(prog):
+    """Until the program installs its own handlers (train.main, cli.run_tool), a signal prints one line and exits
+    128 + its number. A shell that ignores SIGINT keeps it ignored."""
+    def stop(signum, _):
+        sys.stderr.write(f"\n{prog}: interrupted while starting; nothing was written\n")
+        os._exit(128 + signum)  # no unwinding: torch may be half imported
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, stop)
+
+
+def ready():
+    """The usual meanings back: Ctrl-C raises KeyboardInterrupt, SIGTERM ends the process (where not ignored)."""
+    for sig, usual in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, usual)
+
+
+class Stop(Exception):
+    """Ends a program's main() with one line on stderr and an exit code."""
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
