@@ -4,8 +4,8 @@ import argparse
 import os
 
 import data
-import results
 import program
+import results
 
 
 def tool_parser(prog, doc, results_help, data_help=None):
