@@ -6,8 +6,8 @@ import sys
 
 
 def quiet_until_ready(prog):
-    """Until the program installs its own handlers (train.main, cli.run_tool, datasize.main), a signal prints one line and exits
-    128 + its number. A shell that ignores SIGINT keeps it ignored."""
+    """Until the program installs its own handlers (train.main, cli.run_tool, datasize.main), a signal prints one
+    line and exits 128 + its number. A shell that ignores SIGINT keeps it ignored."""
     def stop(signum, _):
         sys.stderr.write(f"\n{prog}: interrupted while starting; nothing was written\n")
         os._exit(128 + signum)  # no unwinding: torch may be half imported

@@ -172,33 +172,32 @@ def test_a_validation_run_never_joins_test_runs(run_train, tmp_path, capsys):
     assert not (tmp_path / "l1.json").exists()
 
 
+def signal_while_torch_imports(proc, sig):
+    """Send sig to a just-started program once torch's library is being loaded: (exit code, stderr)."""
+    from test_resume import torch_is_loading
+    import time
+    started = time.time()
+    while not torch_is_loading(proc.pid, started) and proc.poll() is None and time.time() < started + 30:
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
 @pytest.mark.parametrize("script,args", [("plot.py", ["--results"]), ("report.py", ["--results"]),
                                          ("verify.py", ["--results"]), ("datasize.py", ["choose", "1000", "--results"])])
 def test_ctrl_c_while_starting_is_one_line(tmp_path, script, args):
     """Ctrl-C while torch is still importing, in each program that reads or grows a results folder: exit 130,
     one line naming the program, nothing written."""
-    from test_resume import torch_is_loading
     import signal
-    import time
-    proc = popen(*args, str(tmp_path), script=os.path.join(ROOT, script))
-    started = time.time()
-    while not torch_is_loading(proc.pid, started) and proc.poll() is None and time.time() < started + 30:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and err.strip() == f"{script}: interrupted while starting; nothing was written", err
+    code, err = signal_while_torch_imports(popen(*args, str(tmp_path), script=os.path.join(ROOT, script)), signal.SIGINT)
+    assert code == 130 and err.strip() == f"{script}: interrupted while starting; nothing was written", err
     assert os.listdir(tmp_path) == []
 
 
 def test_sigterm_while_starting_is_one_line(tmp_path):
     """SIGTERM while torch is still importing: exit 143, one line, nothing written."""
-    from test_resume import torch_is_loading
     import signal
-    import time
     proc = popen("--variant", "none", "--epochs", "1", "--train-limit", "64", "--data", DATA, "--out", str(tmp_path))
-    started = time.time()
-    while not torch_is_loading(proc.pid, started) and proc.poll() is None and time.time() < started + 30:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143 and len(err.strip().splitlines()) == 1 and "while starting" in err, err
+    code, err = signal_while_torch_imports(proc, signal.SIGTERM)
+    assert code == 143 and len(err.strip().splitlines()) == 1 and "while starting" in err, err
