@@ -71,10 +71,10 @@ sweep: | .venv/ok
 	    --device $(DEVICE) --out $(RESULTS)/sweep --name l2-$$l || exit 1; done
 	$(MAKE) --no-print-directory plots
 
-## plots: verify every checkpoint, then render the figures and REPORT.md from what is in results/ (trains nothing)
+## plots: verify every checkpoint, then render figures, REPORT.md, epochs.csv (and for results/ the README's blocks)
 plots: verify
 	$(PY) plot.py --results $(RESULTS)
-	$(PY) report.py --results $(RESULTS)
+	$(PY) report.py --results $(RESULTS) $(if $(filter results,$(RESULTS)),--readme README.md)
 
 ## verify: re-evaluate every checkpoint under results/ against its JSON (accuracy, misclassified list, hash, loss)
 verify: | .venv/ok

@@ -36,8 +36,6 @@ from regularizers import VARIANTS
 warnings.filterwarnings("ignore", "Mean of empty slice|All-NaN slice encountered", RuntimeWarning)
 COLORS = dict(zip(VARIANTS, ["black", "tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]))
 LAYERS = [f"conv{i}" for i in range(1, 10)]
-# conv1..conv8 feed ReLU -> BatchNorm, so the output ignores their scale; conv9 (the classifier) does not
-SCALE_INVARIANT = LAYERS[:-1]
 
 
 def color(result):
@@ -109,7 +107,8 @@ def norm_curves(result):
 
 
 def plot_norms(found):
-    """One panel per convolution: its weight norm over epochs (seed mean); a last panel: the effective step."""
+    """One panel per convolution: its weight norm over epochs (seed mean); a last panel: the effective step of the
+    scale-invariant layers relative to none's (stats.step_ratio), the ratio the README states."""
     have = {name: norm_curves(r) for name, r in found.items()}
     have = {name: c for name, c in have.items() if len(c[1])}
     if not have:
@@ -119,13 +118,13 @@ def plot_norms(found):
         x, c = np.arange(1, lr.shape[1] + 1), color(found[name])
         for ax, k in zip(axes.flat, LAYERS):
             ax.plot(x, np.nanmean(norms[k], 0), color=c, lw=1.4, label=f"{name} (n={len(lr)})")
-        # lr / ||w||^2 is the step a scale-invariant layer effectively takes (van Laarhoven 2017)
-        step = lr / sum(norms[k] ** 2 for k in SCALE_INVARIANT)
-        axes.flat[9].plot(x, np.nanmean(step, 0), color=c, lw=1.4)
+        ratio = stats.step_ratio(found[name], found[rules.BASE]) if rules.BASE in have else None
+        if ratio is not None:
+            axes.flat[9].plot(x, ratio, color=c, lw=1.4)
     for ax, k in zip(axes.flat, LAYERS):
-        ax.set_title(f"{k}: ‖w‖₂" + ("" if k in SCALE_INVARIANT else " (classifier, scale matters)"), fontsize=10)
+        ax.set_title(f"{k}: ‖w‖₂" + ("" if k in stats.SCALE_INVARIANT else " (classifier, scale matters)"), fontsize=10)
         ax.grid(alpha=0.3)
-    axes.flat[9].set(yscale="log", title="effective step  lr / Σ₁₋₈ ‖w‖²  (log)")
+    axes.flat[9].set(yscale="log", title=f"effective step lr / Σ₁₋₈ ‖w‖², ÷ {rules.BASE}'s (log)")
     axes.flat[9].title.set_fontsize(10)
     axes.flat[9].grid(alpha=0.3, which="both")
     for ax in axes[1]:
@@ -136,7 +135,6 @@ def plot_norms(found):
     fig.suptitle("weight norm of each convolution at the end of each epoch (seed mean)"
                  + (f"\nnot shown (their epochs record no weight_norm): {', '.join(skipped)}" if skipped else ""), fontsize=11)
     return png(fig)
-
 
 
 # -----------------------------------------------------------------------------
@@ -153,7 +151,7 @@ def plot_weights(found, weights):
         absw[name] = torch.cat([w.flatten() for ws in convs for w in ws]).numpy()
         rel[name] = torch.cat([(w / w.max()).nan_to_num(0.0).flatten() for ws in convs for w in ws]).numpy()  # 0/0: a zero layer
         seeds[name] = len(convs)
-        nz = [run["near_zero_fraction"] for run in ok_runs(r) if run.get("near_zero_fraction") is not None]
+        nz = [run["near_zero_fraction"] for run in stats.ok_runs(r) if run.get("near_zero_fraction") is not None]
         label[name] = f"{name} (n={len(convs)})" + (f": {100 * np.mean(nz):.1f}% near zero" if nz else "")
     if not absw:
         return None
@@ -179,9 +177,9 @@ def plot_weights(found, weights):
 def plot_misclassified(name, result, images, labels):
     """5x5 grid of the first 25 digits the first finished seed misclassified, as its JSON lists them (verify.py
     checks the lists against the checkpoints); None when every seed diverged."""
-    if not ok_runs(result):
+    if not stats.ok_runs(result):
         return None
-    run = ok_runs(result)[0]
+    run = stats.ok_runs(result)[0]
     fig, axes = plt.subplots(5, 5, figsize=(6.5, 7.2))
     for ax, m in zip(axes.flat, run["misclassified"][:25]):
         ax.imshow(images[m["index"]].numpy(), cmap="gray_r")
@@ -272,13 +270,10 @@ def plot_datasize(rows):
     for ax in (ax_acc, ax_loss, ax_dloss):
         ax.set_xlabel("training images (log scale)")
     ax_acc.legend(title="variant (seed mean, min-max band)", fontsize=8)
-    fig.suptitle("When do the penalties help? The same 9,375 steps at every size; λ chosen per size on the "
-                 "validation split", fontsize=11)
+    passes = ", ".join(f"{r['passes']:g} at {r['size']:,}" for r in rows if r["variant"] == rules.BASE)
+    fig.suptitle("When do the penalties help? The same 9,375 steps at every size, so passes over the data fall with "
+                 f"size ({passes}); λ chosen per size on the validation split", fontsize=11)
     return png(fig)
-
-
-def ok_runs(result):
-    return [run for run in result["runs"] if run["status"] == "ok"]
 
 
 def split(found):

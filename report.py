@@ -1,20 +1,24 @@
-"""Write REPORT.md (and sweep.json, when the folder holds a λ sweep) from the results JSON files alone: the table,
-one sentence per variant against the study's targets, and the validation search from recipe.json.
+"""Write REPORT.md, epochs.csv (and sweep.json, when the folder holds a λ sweep) from the results JSON files alone:
+the table, the contrasts against none with Holm's correction per family (rules.FAMILIES), one sentence per variant
+against the study's targets, and the validation searches; with --readme, the README's generated blocks too.
 
-    python report.py [--results DIR]       # part of `make plots`, after verify.py
+    python report.py [--results DIR] [--readme README.md]     # part of `make plots`, after verify.py
 """
 import program
 
 if __name__ == "__main__":
     program.quiet_until_ready("report.py")  # Ctrl-C while torch imports: one line; cli.run_tool takes over from there
 
+import csv
 import glob
+import io
 import os
 import sys
 
 import numpy as np
 
 import cli
+import findings
 import results
 import rules
 import stats
@@ -32,19 +36,29 @@ def interval_cell(p):
     return f"{mean:+.2f}" + ("" if lo is None else f" [{lo:+.2f}, {hi:+.2f}]")
 
 
-def compare(name, p):
-    """One sentence: this variant against the base over the seeds both have, or why there is none."""
+def compare(name, p, c):
+    """One sentence: this variant against the base over the seeds both have, or why there is none; c: its entry
+    of stats.family over the folder's contrasts."""
     if isinstance(p, str):
         return f"**{name}** is not compared with {rules.BASE}: {p}."
-    seeds, diffs = p
-    mean, lo, hi = stats.interval(diffs)
-    if lo is None:
-        return (f"**{name}** − {rules.BASE} = {mean:+.2f} points on seed {seeds[0]} alone; with one seed there is no "
-                f"interval, so this cannot be told apart from seed-to-seed noise.")
-    verdict = ("distinguishable from noise (the interval excludes 0)" if stats.side(lo, hi)
-               else "not distinguishable from noise (the interval contains 0)")
-    return (f"**{name}** − {rules.BASE} = {mean:+.2f} points, 95% paired t-interval [{lo:+.2f}, {hi:+.2f}] over "
-            f"{len(seeds)} seeds: {verdict}.")
+    seeds, _ = p
+    if c["lo"] is None:
+        return (f"**{name}** − {rules.BASE} = {c['mean']:+.2f} points on seed {seeds[0]} alone; with one seed there is "
+                f"no interval, so this cannot be told apart from seed-to-seed noise.")
+    return (f"**{name}** − {rules.BASE} = {c['mean']:+.2f} points, 95% paired t-interval [{c['lo']:+.2f}, "
+            f"{c['hi']:+.2f}] over {len(seeds)} seeds, p = {findings.fmt_p(c['p'])} (Holm: "
+            f"{findings.fmt_p(c['p_holm'])}): {name} {c['verdict']}.")
+
+
+def contrast_rows(cs, digits=".2f", label=lambda key: key):
+    """Table rows: contrast, seeds, mean, 95% interval, p, Holm-adjusted p, 90% interval, verdict."""
+    iv = lambda lo, hi: "–" if lo is None else f"[{lo:+{digits}}, {hi:+{digits}}]"
+    return [f"| {label(key)} | {c['n']} | {c['mean']:+{digits}} | {iv(c['lo'], c['hi'])} | {findings.fmt_p(c['p'])} | "
+            f"{findings.fmt_p(c.get('p_holm'))} | {iv(c.get('lo90'), c.get('hi90'))} | {c.get('verdict') or '–'} |"
+            for key, c in cs.items()]
+
+
+CONTRAST_HEADER = ["| contrast | seeds | mean | 95% interval | p | Holm p | 90% interval | verdict |", "|" + "---|" * 8]
 
 
 def table_row(name, r, paired):
@@ -65,7 +79,7 @@ def table_row(name, r, paired):
             f"({best + 1}) | {first or '–'} | {np.nanmedian(secs):.1f} | {device} | {n} |")
 
 
-def variant_line(name, r, paired, split):
+def variant_line(name, r, paired, split, cs):
     mean, goal = r["summary"]["final_test_acc_mean"], rules.TARGETS[r["config"]["norm"]]
     full = not any(r["config"].get(k) for k in ("train_limit", "test_limit", "train_subset", "steps"))
     target = ("" if mean is None or split != "test" or not full else
@@ -74,13 +88,14 @@ def variant_line(name, r, paired, split):
     low = [s for s, a in stats.finals(r).items() if a < rules.AIM]
     seeds = f" {len(low)} of {len(stats.finals(r))} seeds end below {rules.AIM:.2f}%" + (f" ({low})" if low else "")
     line = f"- **{name}**: final {split} accuracy {stats.describe(r['summary'])}{target};{seeds}."
-    return line + (" " + compare(name, paired[name]) if name in paired else "")
+    return line + (" " + compare(name, paired[name], cs.get(name)) if name in paired else "")
 
 
 def report(found, recipe=None):
     """REPORT.md's text. A folder holds one split (results.load_folder sees to it); the words say which."""
     split = "validation" if next(iter(found.values()))["config"]["val"] else "test"
     paired = stats.pairs(found)
+    cs = findings.contrasts(paired)
     rows = [f"| variant | λ1 | λ2 | epochs | final {split} acc (mean ± std) | min | max | − {rules.BASE}, 95% paired "
             f"interval | best of mean curve (epoch) | first epoch ≥ {rules.AIM:.1f} | s/epoch (median) | device | seeds |",
             "|" + "---|" * 13]
@@ -90,7 +105,14 @@ def report(found, recipe=None):
              f"epoch. The paired differences compare each variant with `{rules.BASE}` on the same seeds (same initial "
              "weights, data order and augmentation), with a two-sided 95% Student t-interval; only runs whose configs "
              "differ in nothing but the penalty and the norm are compared.", "", *rows, ""]
-    lines += [variant_line(name, r, paired, split) for name, r in found.items()]
+    lines += [variant_line(name, r, paired, split, cs) for name, r in found.items()]
+    if any(c["p"] is not None for c in cs.values()):
+        lines += ["", f"### Contrasts against {rules.BASE}: one family, Holm's correction", "",
+                  f"The {len(cs)} contrasts of this folder (every other variant minus {rules.BASE}, final {split} "
+                  f"accuracy) form one family, as `rules.FAMILIES['main']` defines for the main study. Verdicts "
+                  f"come from Holm's adjusted p at {rules.ALPHA:g}; where that finds no difference, a 90% interval "
+                  f"inside ±{rules.MARGIN:g} points (two one-sided tests) says \"equal within ±{rules.MARGIN:g}\".", "",
+                  *CONTRAST_HEADER, *contrast_rows(cs)]
     return "\n".join(lines + selection(recipe)) + "\n"
 
 
@@ -119,35 +141,56 @@ def selection(recipe):
     return lines
 
 
-def write(folder):
-    """REPORT.md, and sweep.json where folder/sweep/ holds the λ sweep: the paths written."""
-    text = report(results.load_folder(folder), results.load_recipe(folder))
-    study = results.load_datasize(folder)
+def write(folder, readme=None):
+    """REPORT.md, epochs.csv, sweep.json where folder/sweep/ holds the λ sweep, and with readme the README's
+    generated blocks: the paths written."""
+    found, study = results.load_folder(folder), results.load_datasize(folder)
+    choice = results.load_choice(os.path.join(folder, "datasize")) if study else None
+    text = report(found, results.load_recipe(folder))
     if study:
-        text += "\n".join(datasize_section(stats.datasize_rows(study), results.load_choice(os.path.join(folder, "datasize"))))
-    written = results.write_files(folder, {"REPORT.md": text.encode()})
+        text += "\n".join(datasize_section(stats.datasize_rows(study), choice))
+    files = {"REPORT.md": text.encode(), "epochs.csv": epochs_csv(found, study)}
+    written = results.write_files(folder, files)
     sweep = os.path.join(folder, "sweep")
     if glob.glob(os.path.join(glob.escape(sweep), "*.json")):
         results.write_sweep(folder, stats.sweep_points(results.load_folder(sweep)))
         written.append(os.path.join(folder, "sweep.json"))
+    if readme:
+        with open(readme) as f:
+            old = f.read()
+        new = findings.fill(old, findings.blocks(found, study, choice))
+        if new != old:
+            results.write_bytes(readme, new.encode())
+            written.append(readme)
     return written
 
 
+# -----------------------------------------------------------------------------
+# the data-size study
+
 def datasize_section(rows, choice):
     """REPORT.md's section on the data-size study: per size and variant, the final accuracy and loss and their
-    paired differences from none; then the λ chosen per size on the validation split."""
+    paired differences from none; the two families of contrasts under Holm; the λ chosen per size."""
     cell = lambda r, key, fmt: "–" if r[f"{key}_lo"] is None else \
         f"{r[f'{key}_diff']:+{fmt}} [{r[f'{key}_lo']:+{fmt}}, {r[f'{key}_hi']:+{fmt}}]"
     lines = ["", "## The data-size study", "", "Final test accuracy (%) and loss, mean [min, max] over seeds; `− none`: "
              "mean paired difference from `none` on the same seeds (same subset, initial weights, data order) with its "
-             "95% t-interval. Every size trains 9,375 steps.", "",
+             "95% t-interval. Every size trains 9,375 steps of 32 images, evaluated 15 times (`config.epochs` counts "
+             "those evaluations, not passes over the data: the passes fall from "
+             + ", ".join(f"{r['passes']:g} at {r['size']:,}" for r in rows if r["variant"] == rules.BASE)
+             + " images).", "",
              "| training images | variant | seeds | final test acc | − none | final test loss | − none |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['size']:,} | {r['variant']} | {r['seeds']} | {r['acc_mean']:.2f} [{r['acc_min']:.2f}, "
               f"{r['acc_max']:.2f}] | {cell(r, 'acc', '.2f')} | {r['loss_mean']:.4f} [{r['loss_min']:.4f}, "
               f"{r['loss_max']:.4f}] | {cell(r, 'loss', '.4f')} |" for r in rows if r["acc_mean"] is not None]
-    lines += ["", "What the intervals say, per size (a penalty beats `none` where its interval excludes 0 on the better "
-              "side: higher accuracy, lower loss):", "", *datasize_findings(rows)]
+    for key, name, digits in (("acc", "datasize_acc", ".2f"), ("loss", "datasize_loss", ".4f")):
+        fam = rules.FAMILIES[name]
+        tested = {(r["size"], r["variant"]): family_entry(r, key) for r in rows if r[f"{key}_p"] is not None}
+        lines += ["", f"Family `{name}`: {fam.what}; Holm's correction over its {len(tested)} contrasts" +
+                  (f"; equal within ±{fam.margin:g} where the 90% interval lies inside it." if fam.margin else "."), "",
+                  *CONTRAST_HEADER, *contrast_rows(tested, digits, lambda k: f"{k[1]} at {k[0]:,}")]
+    lines += ["", "What the intervals say, per size, under Holm's correction in each family:", "", *findings.datasize_findings(rows)]
     if choice:
         lines += ["", "λ per size, chosen on the validation split before that size's test runs (choice.json): "
                   + next(iter(choice["sizes"].values()))["rule"] + ".", "",
@@ -157,36 +200,49 @@ def datasize_section(rows, choice):
                             if p["val_acc_mean"] is not None)
             lines.append(f"| {int(size):,} | {c['chosen']['l1']:g} | {c['chosen']['l2']:g} | "
                          f"{c['reference']['val_acc_mean']:.2f} | {pts} |")
+        lines += ["", *findings.lambda_notes(choice)]
     return lines + [""]
 
 
-VERDICTS = {1: ("beats", "beat"), -1: ("is worse than", "are worse than"),
-            0: ("is not distinguishable from", "are not distinguishable from")}
+def family_entry(row, key):
+    """A data-size row's contrast in the shape stats.family returns, for contrast_rows."""
+    return {"n": row["seeds"], "mean": row[f"{key}_diff"], "lo": row[f"{key}_lo"], "hi": row[f"{key}_hi"],
+            "p": row[f"{key}_p"], "p_holm": row[f"{key}_p_holm"], "lo90": row[f"{key}_lo90"],
+            "hi90": row[f"{key}_hi90"], "verdict": row[f"{key}_verdict"]}
 
 
-def datasize_findings(rows):
-    """One line per size: for accuracy and for loss, the penalties whose paired 95% interval lies wholly on the
-    better side of 0 (they beat none), wholly on the worse side, or across 0 (no measurable difference)."""
-    lines = []
-    for size in sorted({r["size"] for r in rows}):
-        parts = []
-        for key, what, better, digits in (("acc", "Accuracy", 1, ".2f"), ("loss", "Loss", -1, ".4f")):
-            found = [r for r in rows if r["size"] == size and r[f"{key}_lo"] is not None]
-            side = lambda r: better * stats.side(r[f"{key}_lo"], r[f"{key}_hi"])
-            said = lambda r: f"{r['variant']} {r[f'{key}_diff']:+{digits}} [{r[f'{key}_lo']:+{digits}}, {r[f'{key}_hi']:+{digits}}]"
-            groups = [(VERDICTS[v], [r for r in found if side(r) == v]) for v in (1, -1, 0)]
-            if found:
-                parts.append(f"{what}: " + "; ".join(f"{', '.join(map(said, g))} {verb[len(g) > 1]} none"
-                                                      for verb, g in groups if g) + ".")
-        if parts:
-            lines.append(f"- **{size:,} images**. " + " ".join(parts))
-    return lines
+# -----------------------------------------------------------------------------
+# epochs.csv: one row per (study, size, variant, seed, epoch) of the verified test runs, for pandas
+
+CSV_RUN = ["study", "split", "size", "variant", "name", "seed", "l1", "l2", "norm"]
+CSV_EPOCH = ["epoch", "step", "train_loss", "penalty", "train_acc", "test_loss", "test_acc", "lr", "momentum", "seconds"]
+CSV_NORMS = [f"conv{i}" for i in range(1, 10)]
+
+
+def epochs_csv(found, study):
+    """The per-epoch records of the folder's runs (study "main") and the data-size runs, as CSV bytes; floats as
+    the JSON holds them; `size` is the number of training images; norm_convN is ‖w‖₂ of that convolution."""
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(CSV_RUN + CSV_EPOCH + [f"norm_{k}" for k in CSV_NORMS])
+    for label, folder in [("main", found)] + [("datasize", study[n]) for n in sorted(study)]:
+        for name, r in folder.items():
+            cfg = rules.ADDED | r["config"]  # the main study's files predate train_subset and steps
+            size = cfg["train_subset"] or cfg["train_limit"] or (50000 if cfg["val"] else 60000)
+            for run in r["runs"]:
+                head = [label, "validation" if cfg["val"] else "test", size, r["variant"], name, run["seed"],
+                        cfg["l1"], cfg["l2"], cfg["norm"]]
+                for e in run["epochs"]:
+                    norms = e.get("weight_norm") or {}
+                    out.writerow(head + [e.get(k, "") for k in CSV_EPOCH] + [norms.get(k, "") for k in CSV_NORMS])
+    return buf.getvalue().replace("None", "").encode()
 
 
 def main(argv=None):
     p = cli.tool_parser("report.py", __doc__, "folder of <name>.json files (default: the repository's results/)")
+    p.add_argument("--readme", help="also refresh this README's generated blocks (make plots: README.md)")
     args = p.parse_args(argv)
-    written = cli.run_tool(p, args, lambda: write(args.results))
+    written = cli.run_tool(p, args, lambda: write(args.results, args.readme))
     print("wrote " + ", ".join(os.path.relpath(w) for w in written))
 
 

@@ -2,6 +2,7 @@
 λ's are chosen on the validation split. Plain values in, plain values out; results.py reads and writes the files.
 """
 import math
+from dataclasses import dataclass
 
 # config keys that say where a run was written or which seeds it holds, not what was computed,
 # or how it was evaluated or packed (both change only the last bits of float sums: equally valid runs)
@@ -19,6 +20,64 @@ RECIPE_RULE = ("highest mean final validation accuracy over the seeds (train on 
                "tied ones the one listed first wins (the list runs from the fewest changes to the most)")
 LAMBDA_RULE = (f"per penalty, the largest lambda whose mean final validation accuracy stays within {TIE} points of "
                "the chosen recipe without penalty (the strongest penalty that costs nothing measurable)")
+
+
+# -----------------------------------------------------------------------------
+# what a reader may conclude from paired differences: families, Holm's correction, an equivalence margin
+
+ALPHA = 0.05    # two-sided, per family, after Holm's correction over the family's contrasts
+# accuracy points: where a contrast's 90% interval lies inside ±MARGIN (the two one-sided tests at 5%), the two
+# variants are "equal within ±0.1"; 0.1 is one binomial standard error of a 10,000-image accuracy near 99.4%
+MARGIN = 0.1
+
+
+@dataclass(frozen=True)
+class Family:
+    """A set of contrasts (variant − BASE, at each size where there are sizes) judged together under Holm."""
+    what: str
+    measure: str                  # "final_test_acc" or "final_test_loss"
+    variants: tuple
+    sizes: tuple = ()             # the data-size study's training-set sizes; () for one folder of variants
+    margin: float = None          # equivalence margin in the measure's units; None: no equivalence is claimed
+    better: int = 1               # +1: higher is better (accuracy); -1: lower is (loss)
+
+
+# fixed before any run they judge is added; the families the confirmatory study uses are in its plan
+# (results/confirm/plan.json, written by confirm.py)
+FAMILIES = {
+    "main": Family("the main study: every other variant minus none, final test accuracy", "final_test_acc",
+                   ("l1", "l2", "l1l2", "gbn", "gbn_l1l2"), margin=MARGIN),
+    "datasize_acc": Family("the data-size study: l1, l2, l1l2 minus none at 4 sizes, final test accuracy",
+                           "final_test_acc", ("l1", "l2", "l1l2"), (1000, 5000, 20000, 60000), margin=MARGIN),
+    "datasize_loss": Family("the data-size study: l1, l2, l1l2 minus none at 4 sizes, final test loss",
+                            "final_test_loss", ("l1", "l2", "l1l2"), (1000, 5000, 20000, 60000), better=-1),
+}
+
+
+def verdict(reject, side, equivalent, margin, base=BASE):
+    """The words a contrast's outcome produces: from Holm's decision first, then the equivalence test."""
+    if reject:
+        return f"beats {base}" if side > 0 else f"is worse than {base}"
+    if equivalent:
+        return f"is equal to {base} within ±{margin:g}"
+    return f"is not distinguishable from {base}"
+
+
+# -----------------------------------------------------------------------------
+# seeds: a choice is never made on the seeds that test it
+
+# seeds 0-4 served the main study's tests, and 0-2 its recipe and λ choices and the data-size study's: λ was
+# chosen on the same subsets and initial weights as 3 of the 5 test seeds (no test image was used)
+SEEDS_USED = frozenset(range(5))
+
+
+def check_seeds(validation, test):
+    """ValueError unless the validation seeds and the test seeds of a new study are disjoint, and fresh: none
+    of them used by an earlier study (SEEDS_USED)."""
+    if set(validation) & set(test):
+        raise ValueError(f"validation seeds {sorted(set(validation) & set(test))} are also test seeds")
+    if (set(validation) | set(test)) & SEEDS_USED:
+        raise ValueError(f"seeds {sorted((set(validation) | set(test)) & SEEDS_USED)} were used by an earlier study")
 
 
 # config keys added after the first results were written; a file without them ran with these values

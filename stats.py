@@ -3,19 +3,20 @@ import math
 import os
 
 import numpy as np
+import scipy.stats
 import torch
 
-from rules import AIM, BASE, EXPERIMENT, differences
-
-# two-sided 95% Student t quantiles by degrees of freedom; a normal 1.96 beyond the table
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-
+from rules import AIM, ALPHA, BASE, EXPERIMENT, differences, verdict
 
 def finals(result, key="final_test_acc"):
     """{seed: final value} of the runs that did not diverge; key "final_test_loss" is the last epoch's test_loss."""
     return {r["seed"]: r["epochs"][-1]["test_loss"] if key == "final_test_loss" else r[key]
             for r in result["runs"] if r["status"] == "ok"}
+
+
+def ok_runs(result):
+    """The runs of a result that did not diverge."""
+    return [run for run in result["runs"] if run["status"] == "ok"]
 
 
 def summarize(runs):
@@ -39,17 +40,50 @@ def describe(summary):
     return f"{s['final_test_acc_mean']:.2f} ± {s['final_test_acc_std']:.2f} (min {s['final_test_acc_min']:.2f}, {n} seeds)"
 
 
-def t95(df):
-    return T95.get(df) or T95[max(k for k in T95 if k <= df)] if df <= 30 else 1.96
-
-
-def interval(diffs):
-    """Mean of paired differences with its two-sided 95% t-interval (None, None for a single pair)."""
+def interval(diffs, level=0.95):
+    """Mean of paired differences with its two-sided Student t-interval at `level` (None, None for a single pair);
+    the quantile is exact (scipy), never a rounded table value."""
     d = np.asarray(diffs, dtype=np.float64)
     if len(d) < 2:
         return float(d.mean()), None, None
-    half = t95(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    half = scipy.stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def p_value(diffs):
+    """Two-sided p of the paired t-test that the mean difference is 0 (None for a single pair)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if len(d) < 2:
+        return None
+    if d.std(ddof=1) == 0:  # no spread: t is infinite, or 0/0 where every difference is 0
+        return 1.0 if d.mean() == 0 else 0.0
+    return float(scipy.stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def holm(pvalues):
+    """Holm's step-down adjusted p-values, in the order given: compare each with ALPHA."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [None] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def family(diffs, margin=None, better=1):
+    """diffs: {contrast: paired differences} of one family -> {contrast: mean, 95% interval, p, Holm-adjusted p,
+    90% interval, whether that lies inside ±margin (the two one-sided tests), side and verdict}. better: +1 where
+    a higher value is better (accuracy), -1 where lower is (loss). Contrasts with a single pair get no test."""
+    out = {key: dict(zip(("mean", "lo", "hi"), interval(d))) | {"n": len(d), "p": p_value(d)} for key, d in diffs.items()}
+    tested = [key for key in out if out[key]["p"] is not None]
+    for key, adjusted in zip(tested, holm([out[key]["p"] for key in tested])):
+        c = out[key]
+        _, lo90, hi90 = interval(diffs[key], 0.90)
+        c.update(p_holm=adjusted, lo90=lo90, hi90=hi90, reject=adjusted < ALPHA,
+                 equivalent=margin is not None and -margin < lo90 and hi90 < margin,
+                 side=better * side(c["lo"], c["hi"]) if adjusted < ALPHA else 0)
+        c["verdict"] = verdict(c["reject"], c["side"], c["equivalent"], margin)
+    return out
 
 
 def side(lo, hi):
@@ -149,20 +183,56 @@ def sweep_points(found):
     return points
 
 
-def datasize_rows(study, base=BASE):
+def datasize_rows(study, base=BASE, families=("datasize_acc", "datasize_loss")):
     """study: {N: {variant: result}} -> [{size, variant, acc/loss: mean, min, max, and the paired difference from
-    base with its 95% interval (diff, lo, hi; None for base)}], sizes ascending."""
-    rows = []
+    base with its 95% interval (diff, lo, hi; None for base), its p, Holm-adjusted p over every size and variant of
+    the family (rules.FAMILIES) and verdict}], sizes ascending."""
+    from rules import FAMILIES
+    rows, diffs = [], {"acc": {}, "loss": {}}
     for size, found in sorted(study.items()):
         for name, r in found.items():
-            row = {"size": size, "variant": name, "seeds": len(finals(r))}
+            cfg = r["config"]  # `epochs` counts evaluations here; passes over the subset fall as it grows
+            row = {"size": size, "variant": name, "seeds": len(finals(r)),
+                   "passes": cfg["steps"] * cfg["batch_size"] / size if cfg["steps"] else cfg["epochs"]}
             for key, short in (("final_test_acc", "acc"), ("final_test_loss", "loss")):
                 vals = list(finals(r, key).values())
                 row |= {f"{short}_mean": float(np.mean(vals)) if vals else None, f"{short}_min": min(vals, default=None),
                         f"{short}_max": max(vals, default=None)}
                 diff = paired(r, found[base], key)[1] if name != base and base in found else []
                 mean, lo, hi = interval(diff) if diff else (None, None, None)
-                row |= {f"{short}_diff": mean, f"{short}_lo": lo, f"{short}_hi": hi}
+                row |= {f"{short}_diff": mean, f"{short}_lo": lo, f"{short}_hi": hi, f"{short}_p": None,
+                        f"{short}_p_holm": None, f"{short}_lo90": None, f"{short}_hi90": None, f"{short}_verdict": None}
+                if len(diff) > 1:
+                    diffs[short][size, name] = diff
             rows.append(row)
+    for short, name in zip(("acc", "loss"), families):
+        fam = FAMILIES[name]
+        tested = family(diffs[short], fam.margin, fam.better)
+        for row in rows:
+            c = tested.get((row["size"], row["variant"]))
+            if c:
+                row |= {f"{short}_{k}": c[k] for k in ("p", "p_holm", "lo90", "hi90", "verdict")}
     return rows
 
+
+# -----------------------------------------------------------------------------
+# the effective step of the scale-invariant layers (norms.png, the README)
+
+SCALE_INVARIANT = [f"conv{i}" for i in range(1, 9)]  # they feed ReLU -> BatchNorm: the output ignores their scale
+EPOCH_RANGES = [(1, 4), (5, 10), (11, 15)]            # early, the middle where penalised runs trail, the anneal
+
+
+def effective_step(result):
+    """(epochs,) seed mean of lr / Σ over conv1-8 of ‖w‖², the step a scale-invariant layer effectively takes
+    (van Laarhoven 2017), from the weight norms each epoch records; None where the epochs record none."""
+    runs = [run for run in result["runs"] if run["status"] == "ok" and all("weight_norm" in e for e in run["epochs"])]
+    if not runs:
+        return None
+    return np.mean([[e["lr"] / sum(e["weight_norm"][k] ** 2 for k in SCALE_INVARIANT) for e in run["epochs"]]
+                    for run in runs], 0)
+
+
+def step_ratio(result, base):
+    """(epochs,) effective step of result over base's, seed means: how much larger a step the penalty makes."""
+    a, b = effective_step(result), effective_step(base)
+    return None if a is None or b is None else a / b

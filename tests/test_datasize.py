@@ -7,6 +7,7 @@ import torch
 
 import data
 import datasize
+import findings
 import loop
 import plot
 import report
@@ -208,20 +209,23 @@ def test_figure_and_report_section_show_the_study(tmp_path, mnist):
     assert "| 5,000 | none | 2 | 97.75 [97.50, 98.00] | – |" in text, text
 
 
-def test_report_states_per_size_which_penalty_beats_none():
-    """The finding per size follows the intervals alone: wholly above 0 in accuracy (below 0 in loss) beats none,
-    wholly on the other side is worse, across 0 is not distinguishable; none itself and lone seeds say nothing."""
-    def row(variant, acc, loss):
-        r = {"size": 1000, "variant": variant}
+def test_findings_per_size_follow_the_holm_verdicts():
+    """The finding per size groups the penalties by their verdict under Holm's correction, not by the raw
+    interval: a raw interval that excludes 0 but a Holm-adjusted p above 0.05 reads "not distinguishable"."""
+    def row(variant, acc, loss, size=1000):
+        r = {"size": size, "variant": variant, "passes": 300 if size == 1000 else 60}
         for key, v in (("acc", acc), ("loss", loss)):
-            r |= dict(zip((f"{key}_diff", f"{key}_lo", f"{key}_hi"), v or (None, None, None)))
+            r |= dict(zip([f"{key}_{k}" for k in ("diff", "lo", "hi", "p", "p_holm", "verdict")], v or [None] * 6))
         return r
-    rows = [row("none", None, None), row("l1", (-0.06, -0.41, 0.28), (0.02, 0.01, 0.03)),
-            row("l2", (0.27, 0.04, 0.5), (-0.036, -0.051, -0.022)), row("l1l2", (-0.5, -0.9, -0.1), (0.0, -0.01, 0.01)),
-            {**row("l2", (0.3, 0.1, 0.5), None), "size": 5000}]
-    assert report.datasize_findings(rows) == [
-        "- **1,000 images**. Accuracy: l2 +0.27 [+0.04, +0.50] beats none; l1l2 -0.50 [-0.90, -0.10] is worse than "
-        "none; l1 -0.06 [-0.41, +0.28] is not distinguishable from none. Loss: l2 -0.0360 [-0.0510, -0.0220] "
-        "beats none; l1 +0.0200 [+0.0100, +0.0300] is worse than none; l1l2 +0.0000 [-0.0100, +0.0100] is not "
-        "distinguishable from none.",
-        "- **5,000 images**. Accuracy: l2 +0.30 [+0.10, +0.50] beats none."]
+    rows = [row("none", None, None),
+            row("l1", (-0.06, -0.41, 0.28, 0.65, 1.0, "is not distinguishable from none"),
+                (0.02, 0.01, 0.03, 0.004, 0.04, "is worse than none")),
+            row("l2", (0.27, 0.04, 0.5, 0.029, 0.32, "is not distinguishable from none"),
+                (-0.036, -0.051, -0.022, 0.002, 0.027, "beats none")),
+            row("l2", (0.03, -0.02, 0.08, 0.2, 0.2, "is equal to none within ±0.1"), None, size=5000)]
+    assert findings.datasize_findings(rows) == [
+        "- **1,000 images** (300 passes). Accuracy: l1 -0.06 [-0.41, +0.28] (p 0.650, Holm 1.000), l2 +0.27 [+0.04, "
+        "+0.50] (p 0.029, Holm 0.320) are not distinguishable from none. Loss: l1 +0.0200 [+0.0100, +0.0300] "
+        "(p 0.004, Holm 0.040) is worse than none; l2 -0.0360 [-0.0510, -0.0220] (p 0.002, Holm 0.027) beats none.",
+        "- **5,000 images** (60 passes). Accuracy: l2 +0.03 [-0.02, +0.08] (p 0.200, Holm 0.200) is equal to none "
+        "within ±0.1."]

@@ -1,0 +1,195 @@
+"""The findings in words, from the verified results: the verdicts and sentences REPORT.md and the README share,
+and the README's generated blocks. py (`make plots`) writes these blocks between their markers in
+README.md; a test fails when the README differs from what the committed results give, so the README's result
+sections state no number that is not computed here.
+
+    <!-- py: NAME -->        the block NAME, generated
+    <!-- /py -->
+"""
+import re
+
+import numpy as np
+
+import results
+import rules
+import stats
+
+def fmt_p(p):
+    return "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def contrasts(paired):
+    """stats.family over every variant of the folder that pairs with the base: the folder's family."""
+    fam = rules.FAMILIES["main"]
+    return stats.family({n: p[1] for n, p in paired.items() if not isinstance(p, str)}, fam.margin, fam.better)
+
+
+def datasize_findings(rows):
+    """One line per size: for accuracy and for loss, the penalties grouped by their verdict under Holm's correction
+    in each family, each with its raw 95% interval and p."""
+    lines = []
+    for size in sorted({r["size"] for r in rows}):
+        parts = []
+        for key, what, digits in (("acc", "Accuracy", ".2f"), ("loss", "Loss", ".4f")):
+            found = [r for r in rows if r["size"] == size and r[f"{key}_verdict"] is not None]
+            said = lambda r: (f"{r['variant']} {r[f'{key}_diff']:+{digits}} [{r[f'{key}_lo']:+{digits}}, "
+                              f"{r[f'{key}_hi']:+{digits}}] (p {fmt_p(r[f'{key}_p'])}, Holm {fmt_p(r[f'{key}_p_holm'])})")
+            verdicts = list(dict.fromkeys(r[f"{key}_verdict"] for r in found))
+            if found:
+                parts.append(f"{what}: " + "; ".join(
+                    f"{', '.join(said(r) for r in found if r[f'{key}_verdict'] == v)} {plural(v, sum(r[f'{key}_verdict'] == v for r in found))}"
+                    for v in verdicts) + ".")
+        if parts:
+            passes = next((r["passes"] for r in rows if r["size"] == size), None)
+            lines.append(f"- **{size:,} images** ({passes:g} passes). " + " ".join(parts))
+    return lines
+
+
+def plural(verdict, n):
+    """'beats' -> 'beat', 'is ...' -> 'are ...' for a group of n."""
+    if n == 1:
+        return verdict
+    return re.sub(r"^beats ", "beat ", re.sub(r"^is ", "are ", verdict))
+
+
+def lambda_notes(choice):
+    """Per size and penalty: where the chosen λ sits in its grid, and which λ had the highest validation mean when
+    the tie rule chose another."""
+    lines = []
+    for size, c in sorted(choice["sizes"].items(), key=lambda kv: int(kv[0])):
+        notes = []
+        for key, grid in c["grid"].items():
+            pts = {p["lambda"]: p["val_acc_mean"] for p in c["points"] if p["penalty"] == key and p["val_acc_mean"] is not None}
+            lam, best = c["chosen"][key], max(pts, key=pts.get)
+            edge = " (the grid's smallest)" if lam == min(grid) else " (the grid's largest)" if lam == max(grid) else ""
+            tie = (f", though {key} = {best:g} had the higher mean ({pts[best]:.2f} against {pts[lam]:.2f}) and lost "
+                   f"by the tie rule" if best != lam else "")
+            notes.append(f"{key} = {lam:g}{edge}{tie}")
+        lines.append(f"- {int(size):,} images: " + "; ".join(notes) + ".")
+    return lines
+
+
+
+# -----------------------------------------------------------------------------
+# README.md: the blocks between <!-- report.py: NAME --> and <!-- /report.py --> are generated, nothing else
+
+BLOCK = re.compile(r"(<!-- report\.py: ([a-z-]+) -->\n)(.*?)(<!-- /report\.py -->)", re.S)
+
+
+def fill(text, blocks):
+    """text with each generated block replaced by blocks[name]; ResultsError where a block has no marker or a
+    marker names no block."""
+    marked = [m.group(2) for m in BLOCK.finditer(text)]
+    if sorted(marked) != sorted(blocks):
+        raise results.ResultsError(f"README markers {sorted(marked)} are not the generated blocks {sorted(blocks)}")
+    return BLOCK.sub(lambda m: m.group(1) + blocks[m.group(2)] + m.group(4), text)
+
+
+def blocks(found, study, choice):
+    """{block name: markdown text ending in a newline} for the README."""
+    cs = contrasts(stats.pairs(found))
+    out = {"answer": answer(found, cs), "findings": main_findings(found, cs)}
+    if study:
+        rows = stats.datasize_rows(study)
+        out["datasize"] = "\n".join(datasize_findings(rows)) + "\n"
+        out["datasize-lambdas"] = "\n".join(lambda_notes(choice)) + "\n" if choice else "–\n"
+    return out
+
+
+def answer(found, cs):
+    """The main table: per variant its λ's, final accuracy over seeds, the paired difference from none with its
+    95% interval, p with Holm's adjusted p, and the verdict."""
+    lines = [f"| variant | λ1 | λ2 | final test acc (mean ± std) | min | max | − {rules.BASE}, 95% paired interval "
+             f"| p (Holm) | verdict |", "|" + "---|" * 9]
+    for name, r in found.items():
+        s, c = r["summary"], cs.get(name)
+        diff = "–" if not c or c["lo"] is None else f"{c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]"
+        p = "–" if not c or c["p"] is None else f"{fmt_p(c['p'])} ({fmt_p(c['p_holm'])})"
+        verdict = "–" if not c or not c.get("verdict") else c["verdict"]
+        lines.append(f"| {name} | {r['config']['l1']:g} | {r['config']['l2']:g} | {s['final_test_acc_mean']:.2f} ± "
+                     f"{s['final_test_acc_std']:.2f} | {s['final_test_acc_min']:.2f} | {s['final_test_acc_max']:.2f} "
+                     f"| {diff} | {p} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def grouped(cs, names):
+    """'l1, l2 and l1l2 are equal within ±0.1 to none; gbn is not distinguishable from none'."""
+    verdicts = list(dict.fromkeys(cs[n]["verdict"] for n in names))
+    parts = []
+    for v in verdicts:
+        who = [f"`{n}`" for n in names if cs[n]["verdict"] == v]
+        listed = who[0] if len(who) == 1 else ", ".join(who[:-1]) + " and " + who[-1]
+        parts.append(f"{listed} {plural(v, len(who))}")
+    return "; ".join(parts)
+
+
+def span(values, digits=1):
+    lo, hi = min(values), max(values)
+    return f"{lo:.{digits}f}" if f"{lo:.{digits}f}" == f"{hi:.{digits}f}" else f"{lo:.{digits}f}-{hi:.{digits}f}"
+
+
+def main_findings(found, cs):
+    """The main study's findings, as bullets whose every number is computed here."""
+    base, lines = found[rules.BASE], []
+    tested = [n for n in found if n in cs and cs[n].get("verdict")]
+    changed = [n for n in tested if cs[n]["reject"]]
+    head = (f"No variant's final accuracy differs measurably from `{rules.BASE}`'s" if not changed else
+            f"{', '.join(f'`{n}`' for n in changed)} {'differs' if len(changed) == 1 else 'differ'} from `{rules.BASE}`")
+    lines.append(f"- **{head}** ({base['config']['epochs']} epochs; Holm's correction over the {len(tested)} "
+                 f"contrasts): {grouped(cs, tested)}. \"Equal within ±{rules.MARGIN:g}\" means the 90% interval "
+                 f"lies inside ±{rules.MARGIN:g} points; a difference of a few hundredths is not resolved by "
+                 f"{len(stats.finals(base))} seeds.")
+    lines.append(targets(found))
+    if all(n in found for n in ("l1", "l2", "l1l2")):
+        lines.append(effective_step(found))
+        nz = {n: 100 * np.mean([run["near_zero_fraction"] for run in stats.ok_runs(r)]) for n, r in found.items()}
+        lines.append(f"- **L1 sparsifies:** {nz['l1']:.1f}% of `l1`'s convolution weights end below "
+                     f"{100 * 0.01:.0f}% of their layer's largest |w|, {nz[rules.BASE]:.1f}% without a penalty and "
+                     f"{nz['l2']:.1f}% with L2 ([weights.png](results/weights.png)); in accuracy `l1` "
+                     f"{cs['l1']['verdict']} `{rules.BASE}`.")
+    if "gbn" in found:
+        std = {n: r["summary"]["final_test_acc_std"] for n, r in found.items()}
+        secs = {n: np.median([e["seconds"] for run in stats.ok_runs(r) for e in run["epochs"]]) for n, r in found.items()}
+        widest = max(std, key=std.get)
+        lines.append(f"- **Ghost BN** (virtual batches of {found['gbn']['config']['virtual_batch']}): `gbn` has a "
+                     f"std over seeds of {std['gbn']:.2f} points against `{rules.BASE}`'s {std[rules.BASE]:.2f} "
+                     f"(the widest: `{widest}`, {std[widest]:.2f}), at {secs['gbn'] / secs[rules.BASE]:.1f}x the "
+                     f"median time per epoch.")
+    return "\n".join(lines) + "\n"
+
+
+def targets(found):
+    """The targets bullet: each variant's mean against the target of its norm, and the seeds below the aim."""
+    parts, below, total = [], 0, 0
+    for name, r in found.items():
+        mean, goal = r["summary"]["final_test_acc_mean"], rules.TARGETS[r["config"]["norm"]]
+        parts.append(f"`{name}` {mean:.3f} " + (f"reaches {goal:.2f} by {mean - goal:.3f}" if mean >= goal
+                                               else f"misses {goal:.2f} by {goal - mean:.3f}"))
+        finals = stats.finals(r).values()
+        below, total = below + sum(a < rules.AIM for a in finals), total + len(finals)
+    return (f"- **Targets** (five-seed mean at the final epoch; {rules.TARGETS['bn']:.2f}% with BatchNorm, "
+            f"{rules.TARGETS['gbn']:.2f}% with Ghost BN): {'; '.join(parts)}. {below} of the {total} models end "
+            f"below {rules.AIM:.2f}% (REPORT.md names them).")
+
+
+def effective_step(found):
+    """What the weight norms show: how much smaller L2 keeps them, the effective step per epoch range, the
+    accuracy dip in the middle; stated as a measurement, consistent with a mechanism no control has tested."""
+    base, l2 = found[rules.BASE], found["l2"]
+    final = lambda r, k: np.mean([run["epochs"][-1]["weight_norm"][k] for run in stats.ok_runs(r)])
+    shrink = [final(base, k) / final(l2, k) for k in stats.SCALE_INVARIANT]
+    ratios = {n: stats.step_ratio(found[n], base) for n in ("l2", "l1l2", "l1")}
+    per_range = lambda n: ", ".join(f"{span(ratios[n][a - 1:b])}x in epochs {a}-{b}" for a, b in stats.EPOCH_RANGES)
+    _, acc_l2 = stats.curves(l2, "test_acc")
+    _, acc_base = stats.curves(base, "test_acc")
+    a, b = stats.EPOCH_RANGES[1]
+    mid = lambda arr: span(np.nanmean(arr, 0)[a - 1:b])
+    return (f"- **L2 shrinks the weights, and with them the step grows.** At the last epoch `l2`'s conv1-8 norms "
+            f"are {span(shrink)}x smaller than `{rules.BASE}`'s, conv9's (the classifier, not followed by BatchNorm) "
+            f"{final(base, 'conv9') / final(l2, 'conv9'):.1f}x. The effective step lr/Σ₁₋₈‖w‖² of these "
+            f"scale-invariant layers is, relative to `{rules.BASE}`'s: `l2` {per_range('l2')}, "
+            f"{ratios['l2'][-1]:.1f}x at the end; `l1l2` {ratios['l1l2'][-1]:.1f}x and `l1` {ratios['l1'][-1]:.1f}x "
+            f"at the end ([norms.png](results/norms.png)). Through epochs {a}-{b} `l2`'s mean test accuracy is "
+            f"{mid(acc_l2)}% against `{rules.BASE}`'s {mid(acc_base)}%; it catches up as the one-cycle schedule anneals. This is "
+            f"consistent with a penalty behind BatchNorm acting as a larger learning rate rather than a smaller "
+            f"model (van Laarhoven 2017); no control has tested it yet.")
