@@ -25,6 +25,8 @@ class Config:
     l1: float = 0.0                # from the variant table unless --l1 overrides it
     l2: float = 0.0
     norm: str = "bn"               # "gbn" = Ghost BatchNorm
+    penalized: str = "all"         # the convolutions the penalty covers: "all" or "conv9" (the variant table's)
+    match_norms: str = ""          # a variant's name: conv1-8 rescaled to its norms after every step (same seed, same pack)
     virtual_batch: int = 8         # Ghost BN: 4 virtual batches of 8 per batch of 32
     batch_size: int = 32           # the seed's, for training
     lr: float = 0.1                # OneCycle peak; SGD + Nesterov momentum
@@ -145,6 +147,11 @@ def parse_args(argv=None):
                 f"1/256); use at most {255.49 / 256:.3f}, or --dropout-masks bernoulli")
     if args.dtype == "float64" and args.precision != "fp32":  # bf16 autocast leaves float64 alone: say what runs
         p.error("argument --dtype: float64 is for exactness checks and needs --precision fp32")
+    for v in args.variant:  # norm matching reads its partner's weights at every step: both in one pack
+        partner = VARIANTS[v].match_norms
+        if partner and (not args.packed or partner not in args.variant):
+            p.error(f"argument --variant: {v} rescales its conv1-8 to {partner}'s norms after every step; train it "
+                    f"together with {partner}: --variant {partner},{v} --packed")
     if args.packed and len({VARIANTS[v].norm for v in args.variant}) > 1:
         p.error("argument --packed: a pack needs one kind of norm; train bn and gbn variants in separate packs")
     for key in ("l1", "l2"):  # an override sets the lambda of the variants that have that penalty, never adds one
@@ -166,5 +173,6 @@ def parse_args(argv=None):
         lam = {key: getattr(args, key) if getattr(args, key) is not None and getattr(VARIANTS[v], key)
                else getattr(VARIANTS[v], key) for key in ("l1", "l2")}
         device = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device
-        cfgs.append(Config(variant=v, **lam, **(fields | {"device": device, "name": args.name or v, "norm": VARIANTS[v].norm})))
+        table = {key: getattr(VARIANTS[v], key) for key in ("norm", "penalized", "match_norms")}
+        cfgs.append(Config(variant=v, **lam, **(fields | table | {"device": device, "name": args.name or v})))
     return cfgs, args, p

@@ -19,7 +19,7 @@ import model as model_lib
 import results
 import rules
 from model import DTYPES
-from regularizers import penalized, penalty
+from regularizers import lambdas, match_norms, norm_partners, penalized, penalty
 
 
 
@@ -120,6 +120,8 @@ def train_one_epoch(net, opt, sched, pack, train_x, train_y, cfg, desc):
         opt.zero_grad(set_to_none=True)
         total.backward()  # the models share no parameter: model k's gradient is its own loss's
         opt.step()
+        if pack["match"]:
+            match_norms(net, opt, *pack["match"])
         sched.step()
         # sum the losses weighted by batch size, then divide by N: the last batch may be short
         loss_sum += data_loss * len(x)
@@ -171,9 +173,9 @@ def build_pack(members, device, subsets=None):
     net = net.to(device, DTYPES[cfg.dtype], memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     net.set_dropout_generators(drop_gens)
     # a lambda tensor only where some member has that penalty: a zero one would still add its (zero) terms
-    lam = lambda key: (torch.tensor([getattr(m, key) for m, _ in members], device=device, dtype=DTYPES[cfg.dtype])
-                       if any(getattr(m, key) for m, _ in members) else None)
+    lam = lambda key: lambdas(members, key, device, DTYPES[cfg.dtype])
     return net, {"data_gens": data_gens, "drop_gens": drop_gens, "l1": lam("l1"), "l2": lam("l2"),
+                 "match": norm_partners(members, device),
                  "step": compiled(step_loss, device) if cfg.compile else step_loss,
                  "subsets": torch.stack(subsets, 1).to(device) if subsets else None,
                  "pending": torch.empty((0, len(members)), dtype=torch.int64, device=device)}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 # or how it was evaluated or packed (both change only the last bits of float sums: equally valid runs)
 NOT_COMPARED = {"seeds", "device", "data", "out", "name", "eval_batch_size", "packed"}
 # keys that may differ between two variants being compared: the penalty and the norm are the experiment
-EXPERIMENT = {"variant", "l1", "l2", "norm"}
+EXPERIMENT = {"variant", "l1", "l2", "norm", "penalized", "match_norms"}
 
 TIE = 0.05                            # points of mean validation accuracy within which two choices are tied
 TARGETS = {"bn": 99.45, "gbn": 99.40}  # the study's aim for the five-seed mean at the final epoch, by norm
@@ -81,7 +81,7 @@ def check_seeds(validation, test):
 
 
 # config keys added after the first results were written; a file without them ran with these values
-ADDED = {"train_subset": 0, "steps": 0}
+ADDED = {"train_subset": 0, "steps": 0, "penalized": "all", "match_norms": ""}
 
 
 def comparable(config):

@@ -32,6 +32,8 @@ BAD = [  # (arguments, fragment of the error message, refused by the parser: bef
     (["--variant", "l1", "--device", "tpu"], "invalid choice: 'tpu'", True),
     (["--variant", "l1", "--dtype", "float64"], "needs --precision fp32", True),
     (["--variant", "l1,gbn", "--packed"], "one kind of norm", True),
+    (["--variant", "none_normmatch"], "train it together with l2: --variant l2,none_normmatch --packed", True),
+    (["--variant", "l2,none_normmatch"], "train it together with l2: --variant l2,none_normmatch --packed", True),
     (["--variant", "l1", "--train-limit", "0"], "must be an integer > 0", True),
     (["--variant", "l1", "--name", "../x"], "must be 1-100 letters, digits", True),
     (["--variant", "l1", "--name", "x" * 300], "must be 1-100 letters, digits", True),

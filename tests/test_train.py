@@ -99,9 +99,9 @@ def same(a, b):
 
 
 def test_every_variant_sees_the_same_data_rotations_and_masks(run_train, tmp_path, streams):
-    """For seed 0, none, l1, l2, l1l2, gbn and gbn_l1l2 train on the same images in the same order, with the same
-    rotation angles and the same dropout bytes, step for step."""
-    runs = {v: streams(run_train, "--variant", v, out=tmp_path / v, name=v) for v in VARIANTS}
+    """For seed 0, every variant that trains alone (none_normmatch needs l2 in its pack) trains on the same images
+    in the same order, with the same rotation angles and the same dropout bytes, step for step."""
+    runs = {v: streams(run_train, "--variant", v, out=tmp_path / v, name=v) for v in VARIANTS if not VARIANTS[v].match_norms}
     first = runs["none"]
     assert len(first["images"]) == 3 and len(first["masks"]) == 3, {k: len(v) for k, v in first.items()}
     for v, seen in runs.items():
