@@ -28,7 +28,7 @@ ifeq ($(shell echo '$(RESULTS)' | grep -Ex '/?[A-Za-z0-9_][A-Za-z0-9_./=-]*' | g
 $(error RESULTS='$(RESULTS)' must be a folder path of letters, digits and . _ / = - (no spaces), e.g. make l1 RESULTS=results/try)
 endif
 
-.PHONY: help all data test bench bench-gpu plots verify sweep recipe lambdas numerics datasize clean $(VARIANTS)
+.PHONY: help all data test bench bench-gpu plots verify sweep recipe lambdas numerics datasize confirm clean $(VARIANTS)
 
 ## help: list the targets
 help:
@@ -126,6 +126,10 @@ lambdas: | .venv/ok
 ## datasize: the data-size study (datasize.py): per size, λ on the validation split, then 4 variants x 5 seeds; skips what is done
 datasize: | .venv/ok
 	$(PY) datasize.py all --results $(RESULTS) --device $(DEVICE)
+
+## confirm: the confirmatory study (confirm.py): the committed plan's runs, pack by pack; skips what is done
+confirm: | .venv/ok
+	$(PY) confirm.py all --results $(RESULTS) --device $(DEVICE)
 
 ## numerics: the fast path's numbers against the original fp32 eager path, on the validation split, 3 seeds
 NUMERICS_SEEDS ?= 0,1,2

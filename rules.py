@@ -40,6 +40,11 @@ class Family:
     sizes: tuple = ()             # the data-size study's training-set sizes; () for one folder of variants
     margin: float = None          # equivalence margin in the measure's units; None: no equivalence is claimed
     better: int = 1               # +1: higher is better (accuracy); -1: lower is (loss)
+    pairs: tuple = ()             # (variant, base) contrasts where the base is not always BASE
+
+    def contrasts(self):
+        """[(variant, base)] of the family."""
+        return list(self.pairs) or [(v, BASE) for v in self.variants]
 
 
 # fixed before any run they judge is added; the families the confirmatory study uses are in its plan
@@ -61,6 +66,49 @@ def verdict(reject, side, equivalent, margin, base=BASE):
     if equivalent:
         return f"is equal to {base} within ±{margin:g}"
     return f"is not distinguishable from {base}"
+
+
+# -----------------------------------------------------------------------------
+# the confirmatory study (confirm.py): everything it decides by, fixed before its runs and written into
+# results/confirm/plan.json, whose commit comes before the first of them
+
+CONFIRM_MARGIN = 0.05     # accuracy points: the size of effect the main question is about
+# final test loss: a third of l2's effect at 1,000 images in the data-size study (-0.036; paired SD ~0.012), so
+# "equal" means a difference too small to explain that effect
+MECHANISM_MARGIN = 0.012
+MECHANISM = ("l2", "none_normmatch", "l2_conv9")
+CONFIRM_FAMILIES = {
+    "confirm_main": Family("60,000 images, 15 epochs: l1, l2, l1l2 minus none, final test accuracy",
+                           "final_test_acc", ("l1", "l2", "l1l2"), margin=CONFIRM_MARGIN),
+    "confirm_mechanism": Family(
+        "1,000 images, 9,375 steps, final test loss: l2 - none (the effect), none_normmatch - l2 and l2_conv9 - "
+        "none (zero if the effective step explains it), none_normmatch - none and l2_conv9 - l2 (zero if the "
+        "classifier's penalty does)", "final_test_loss", MECHANISM, margin=MECHANISM_MARGIN, better=-1,
+        pairs=(("l2", "none"), ("none_normmatch", "l2"), ("l2_conv9", "none"), ("none_normmatch", "none"),
+               ("l2_conv9", "l2"))),
+    "confirm_mechanism_acc": Family("the same five contrasts in final test accuracy (secondary: reported, decides "
+                                    "nothing)", "final_test_acc", MECHANISM, margin=MARGIN,
+                                    pairs=(("l2", "none"), ("none_normmatch", "l2"), ("l2_conv9", "none"),
+                                           ("none_normmatch", "none"), ("l2_conv9", "l2"))),
+}
+MECHANISM_DECISION = {
+    "not replicated": "l2 does not beat none in loss: there is no effect to explain",
+    "the effective learning rate": "l2 beats none, none_normmatch is equal to l2 and l2_conv9 is equal to none",
+    "regularization of the classifier": "l2 beats none, none_normmatch is equal to none and l2_conv9 is equal to l2",
+    "in between": "anything else: each contrast is reported as measured",
+}
+
+
+def mechanism_decision(verdicts):
+    """The plan's words for the mechanism control, from its loss family's verdicts {(variant, base): verdict}."""
+    equal = lambda a, b: verdicts.get((a, b), "").startswith("is equal to")
+    if not verdicts.get(("l2", "none"), "").startswith("beats"):
+        return "not replicated"
+    if equal("none_normmatch", "l2") and equal("l2_conv9", "none"):
+        return "the effective learning rate"
+    if equal("none_normmatch", "none") and equal("l2_conv9", "l2"):
+        return "regularization of the classifier"
+    return "in between"
 
 
 # -----------------------------------------------------------------------------

@@ -70,10 +70,11 @@ def holm(pvalues):
     return adjusted
 
 
-def family(diffs, margin=None, better=1):
+def family(diffs, margin=None, better=1, base_of=lambda key: BASE):
     """diffs: {contrast: paired differences} of one family -> {contrast: mean, 95% interval, p, Holm-adjusted p,
     90% interval, whether that lies inside ±margin (the two one-sided tests), side and verdict}. better: +1 where
-    a higher value is better (accuracy), -1 where lower is (loss). Contrasts with a single pair get no test."""
+    a higher value is better (accuracy), -1 where lower is (loss); base_of(contrast) names what the verdict
+    compares with. Contrasts with a single pair get no test."""
     out = {key: dict(zip(("mean", "lo", "hi"), interval(d))) | {"n": len(d), "p": p_value(d)} for key, d in diffs.items()}
     tested = [key for key in out if out[key]["p"] is not None]
     for key, adjusted in zip(tested, holm([out[key]["p"] for key in tested])):
@@ -82,7 +83,7 @@ def family(diffs, margin=None, better=1):
         c.update(p_holm=adjusted, lo90=lo90, hi90=hi90, reject=adjusted < ALPHA,
                  equivalent=margin is not None and -margin < lo90 and hi90 < margin,
                  side=better * side(c["lo"], c["hi"]) if adjusted < ALPHA else 0)
-        c["verdict"] = verdict(c["reject"], c["side"], c["equivalent"], margin)
+        c["verdict"] = verdict(c["reject"], c["side"], c["equivalent"], margin, base_of(key))
     return out
 
 

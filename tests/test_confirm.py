@@ -1,0 +1,90 @@
+"""confirm.py: the plan comes from rules.py and the committed choice, is never rewritten, must be committed before
+a run starts, and fixes every argument of every pack; the mechanism decision follows the plan's words."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+import confirm
+import results
+import rules
+from conftest import ROOT
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A results folder with the committed data-size choice (the plan takes λ2 at 1,000 images from it)."""
+    os.makedirs(tmp_path / "datasize")
+    shutil.copy(os.path.join(ROOT, "results", "datasize", "choice.json"), tmp_path / "datasize")
+    return tmp_path
+
+
+def test_the_plan_fixes_arms_seeds_and_families(folder):
+    """Fresh seeds disjoint between the studies, λ's from the variant table and choice.json, the families of
+    rules.py with their margins."""
+    p = confirm.plan(str(folder))
+    assert p["main"]["seeds"] == list(range(100, 120)) and p["mechanism"]["seeds"] == list(range(200, 210))
+    assert (p["main"]["l1"], p["main"]["l2"], p["mechanism"]["l2"]) == (3e-5, 3e-4, 1e-3)
+    assert p["main"]["family"]["margin"] == 0.05 and p["main"]["family"]["contrasts"] == [
+        ("l1", "none"), ("l2", "none"), ("l1l2", "none")]
+    assert p["mechanism"]["primary"]["measure"] == "final_test_loss" and p["mechanism"]["primary"]["margin"] == 0.012
+    assert p["recipe"]["lr"] == 0.1 and p["recipe"]["compile"] is True  # the code path is part of the plan
+
+
+def test_a_written_plan_is_never_rewritten(folder, capsys):
+    """Writing the same plan twice is a no-op; a plan on disk that differs is refused with one line."""
+    confirm.main(["plan", "--results", str(folder)])
+    path = folder / "confirm" / "plan.json"
+    plan = json.loads(path.read_text())
+    confirm.main(["plan", "--results", str(folder)])
+    assert "already this plan" in capsys.readouterr().out
+    path.write_text(json.dumps(plan | {"main": plan["main"] | {"seeds": [0, 1]}}))
+    with pytest.raises(SystemExit) as e:
+        confirm.main(["plan", "--results", str(folder)])
+    assert e.value.code == 2 and "holds another plan" in capsys.readouterr().err
+
+
+def test_no_run_starts_before_the_plan_is_committed(folder, capsys, monkeypatch):
+    """In a git repository whose HEAD lacks the plan, `confirm.py main` refuses before any train.py starts; once
+    committed as it is on disk, it goes on to train."""
+    monkeypatch.setattr(results, "REPO", str(folder))
+    subprocess.run(["git", "init", "-q", str(folder)], check=True)
+    confirm.main(["plan", "--results", str(folder)])
+    started = []
+    monkeypatch.setattr(confirm.datasize, "run_train", lambda *a: started.append(a))
+    with pytest.raises(SystemExit) as e:
+        confirm.main(["main", "--results", str(folder)])
+    assert e.value.code == 2 and "is not committed as it is on disk" in capsys.readouterr().err and not started
+    git = ["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "confirm/plan.json"], check=True)
+    subprocess.run([*git, "commit", "-qm", "plan"], check=True)
+    confirm.main(["main", "--results", str(folder)])
+    assert len(started) == 16  # 4 variants x 4 packs of 5 seeds
+
+
+def test_packs_carry_the_plans_settings_and_nothing_else(folder):
+    """Every pack's arguments come from the plan: main packs one variant's 5 seeds with its λ's; the mechanism packs
+    its four arms (none_normmatch beside l2) on 1,000 images for 9,375 steps at the chosen λ2."""
+    p = confirm.plan(str(folder))
+    main = confirm.packs("main", p, str(folder))
+    assert main[1][0] == ["--variant", "l1", "--l1", "3e-05", "--epochs", "15", "--seeds", "100,101,102,103,104",
+                          "--packed", "--out", os.path.join(str(folder), "confirm/main")]
+    mech = confirm.packs("mechanism", p, str(folder))
+    assert len(mech) == 2 and mech[0][0][:12] == ["--variant", "none,l2,none_normmatch,l2_conv9", "--l2", "0.001",
+                                                  "--train-subset", "1000", "--steps", "9375", "--epochs", "15",
+                                                  "--seeds", "200,201,202,203,204"]
+
+
+@pytest.mark.parametrize("verdicts,decision", [
+    ({("l2", "none"): "beats none", ("none_normmatch", "l2"): "is equal to l2 within ±0.012",
+      ("l2_conv9", "none"): "is equal to none within ±0.012"}, "the effective learning rate"),
+    ({("l2", "none"): "beats none", ("none_normmatch", "none"): "is equal to none within ±0.012",
+      ("l2_conv9", "l2"): "is equal to l2 within ±0.012"}, "regularization of the classifier"),
+    ({("l2", "none"): "beats none", ("none_normmatch", "l2"): "is not distinguishable from l2"}, "in between"),
+    ({("l2", "none"): "is not distinguishable from none"}, "not replicated"),
+])
+def test_the_mechanism_decision_uses_the_plans_words(verdicts, decision):
+    """Each pattern of verdicts gives the decision the plan names for it."""
+    assert rules.mechanism_decision(verdicts) == decision and decision in rules.MECHANISM_DECISION
