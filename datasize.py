@@ -67,21 +67,25 @@ def run_train(args, out, names, seeds):
         raise Stop(code, f"train.py exited {code}; the study stops here (what finished is kept)")
 
 
+def lambda_args(size):
+    """[(name, train.py arguments without --out)] of one size's validation runs: none first, then one per λ."""
+    runs = [("none", ["--variant", "none", "--val", *study_args(size, VAL_SEEDS), "--packed"])]
+    for penalty, grid in GRID.items():
+        runs += [(f"{penalty}-{lam:g}", ["--variant", penalty, f"--{penalty}", f"{lam:g}", "--val",
+                                         *study_args(size, VAL_SEEDS), "--packed", "--name", f"{penalty}-{lam:g}"])
+                 for lam in grid]
+    return runs
+
+
 def search_lambdas(folder, size, extra=()):
     out = os.path.join(folder, "val", f"n{size}")
-    run_train(["--variant", "none", "--val", *study_args(size, VAL_SEEDS), "--packed", "--out", out, *extra], out,
-              ["none"], VAL_SEEDS)
-    for penalty, grid in GRID.items():
-        for lam in grid:
-            name = f"{penalty}-{lam:g}"
-            run_train(["--variant", penalty, f"--{penalty}", f"{lam:g}", "--val", *study_args(size, VAL_SEEDS),
-                       "--packed", "--name", name, "--out", out, *extra], out, [name], VAL_SEEDS)
+    for name, args in lambda_args(size):
+        run_train([*args, "--out", out, *extra], out, [name], VAL_SEEDS)
 
 
 def val_paths(folder, size):
     """The validation runs one size's choice is made from: none first, then one file per λ of the grid."""
-    return [os.path.join(folder, "val", f"n{size}", f"{name}.json") for name in
-            ["none", *(f"{p}-{lam:g}" for p, grid in GRID.items() for lam in grid)]]
+    return [os.path.join(folder, "val", f"n{size}", f"{name}.json") for name, _ in lambda_args(size)]
 
 
 def choose(folder, size):
