@@ -119,16 +119,28 @@ def weights_sha256(state_dict):
 def save(folder, name, result, weights):
     """Write the new checkpoints (weights: {seed: state_dict}), then the JSON that names them, then delete the
     checkpoints of <name> that the JSON no longer names. Checkpoints never reuse a name, so a kill at any point
-    leaves the old JSON with its old checkpoints or the new JSON with its new ones, plus at worst an orphan."""
+    leaves the old JSON with its old checkpoints or the new JSON with its new ones, plus at worst an orphan. A
+    checkpoint that another JSON in the folder names is kept."""
     for run in result["runs"]:
         if run["seed"] in weights:
             run["checkpoint"] = checkpoint_name(name, run["seed"], weights[run["seed"]])
             save_torch(os.path.join(folder, run["checkpoint"]), weights[run["seed"]])
     write_json(os.path.join(folder, f"{name}.json"), result)
-    named = {r["checkpoint"] for r in result["runs"] if r.get("checkpoint")}
+    named = {r["checkpoint"] for r in result["runs"] if r.get("checkpoint")} | named_by_others(folder, name)
     for path in glob.glob(os.path.join(glob.escape(folder), f"{glob.escape(name)}-seed*.pt")):
         if os.path.basename(path) not in named and checkpoint_owner(path) == name:
             os.remove(path)
+
+
+def named_by_others(folder, name):
+    """The checkpoints that the other JSON files in folder name (a user's copy of <name>.json): kept when <name>
+    is replaced, so that the copy stays whole."""
+    named = set()
+    for path in glob.glob(os.path.join(glob.escape(folder), "*.json")):
+        if os.path.basename(path) != f"{name}.json":
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError), open(path) as f:
+                named |= {r["checkpoint"] for r in json.load(f)["runs"] if r.get("checkpoint")}
+    return named
 
 
 def checkpoint_owner(path):
