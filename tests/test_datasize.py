@@ -16,6 +16,7 @@ import report
 import results
 import rules
 import train
+import verify
 from conftest import DATA, FP32, ROOT, make_result, metrics, popen, stop_at_second_save
 
 TINY = ["--steps", "12", "--epochs", "3", "--test-limit", "64", *FP32]
@@ -135,8 +136,9 @@ def tiny_study(tmp_path, monkeypatch):
 
 def test_the_study_runs_its_steps_in_order_and_skips_what_is_done(tiny_study, tmp_path, capfd):
     """`all`: the validation runs, the choice (choice.json), then the four variants x five seeds with the chosen
-    λ's; run again, it trains nothing and changes no file."""
+    λ's, which verify.py finds to agree with each other; run again, it trains nothing and changes no file."""
     datasize.main(["all", *tiny_study])
+    assert verify.main(["--results", str(tmp_path), "--data", DATA]) in (None, 0)
     choice = json.load(open(tmp_path / "datasize" / "choice.json"))["sizes"]["100"]
     assert set(choice["chosen"]) == {"l1", "l2"} and choice["rule"] == rules.DATASIZE_RULE
     for variant in ("none", "l1", "l2", "l1l2"):
