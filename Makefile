@@ -27,6 +27,10 @@ endif
 ifeq ($(shell echo '$(RESULTS)' | grep -Ex '/?[A-Za-z0-9_][A-Za-z0-9_./=-]*' | grep -v '\.\.'),)
 $(error RESULTS='$(RESULTS)' must be a folder path of letters, digits and . _ / = - (no spaces), e.g. make l1 RESULTS=results/try)
 endif
+# ... and never MNIST's folder (data/) or a folder inside it
+ifneq ($(filter $(abspath data) $(abspath data)/%,$(abspath $(RESULTS))),)
+$(error RESULTS='$(RESULTS)' is MNIST's folder data/; results go elsewhere, e.g. make l1 RESULTS=results/try)
+endif
 
 .PHONY: help all data test bench bench-gpu plots verify sweep recipe lambdas numerics datasize confirm clean $(VARIANTS)
 

@@ -17,8 +17,8 @@ def tool_parser(prog, doc, results_help, data_help=None):
 
 
 def run_tool(p, args, job):
-    """job() with every way it can fail as one line: a folder that is not there or a damaged file (exit 2), a
-    write that fails (1), Ctrl-C (130); files are replaced whole, so none is left half-written."""
+    """job() with every way it can fail as one line: a folder that is not there, a symbolic link in it or a damaged
+    file (exit 2), a write that fails (1), Ctrl-C (130); files are replaced whole, so none is left half-written."""
     if not os.path.isdir(args.results):
         p.exit(2, f"{p.prog}: error: --results {args.results} is not a directory\n")
     if getattr(args, "data", data.DEFAULT_ROOT) != data.DEFAULT_ROOT and not os.path.isdir(args.data):
@@ -26,6 +26,7 @@ def run_tool(p, args, job):
                   f"to fetch MNIST there\n")  # a typo must not download MNIST into a new folder
     program.ready()  # Ctrl-C from here is a KeyboardInterrupt, caught below
     try:
+        results.refuse_links(args.results)
         return job()
     except (results.ResultsError, data.DataError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")

@@ -163,6 +163,9 @@ def parse_args(argv=None):
                 f"images per class from the first 50,000), or {FULL} for the whole training set")
     if args.train_subset and args.train_limit:
         p.error("argument --train-subset: a subset is a limit of its own; drop --train-limit")
+    for flag, limit, n in [("--train-limit", args.train_limit, 50000 if args.val else FULL), ("--test-limit", args.test_limit, 10000)]:
+        if limit and limit > n:  # refused here, before --out, its lock or its state/ is created
+            p.error(f"argument {flag}: {limit} is larger than the {n:,} images available")
     if args.steps and args.steps % args.epochs:
         p.error(f"argument --steps: {args.steps} must split into --epochs {args.epochs} equal segments")
     fields = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "variant", "l1", "l2")}

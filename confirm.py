@@ -6,8 +6,9 @@ images (its effective step behind BatchNorm, or its penalty on the classifier).
     python confirm.py main         # 60,000 images, 15 epochs: none, l1, l2, l1l2 x 20 seeds -> results/confirm/main/
     python confirm.py mechanism    # 1,000 images, 9,375 steps: none, l2, none_normmatch, l2_conv9 x 10 seeds
                                    #   -> results/confirm/n1000/
-    python confirm.py all          # both, pack by pack (make confirm): what is done is skipped, an interrupted
-                                   # pack continues; each refuses to start while the plan on disk is not committed
+    python confirm.py all          # both, pack by pack, two train.py at a time (make confirm): what is done is
+                                   # skipped, an interrupted pack continues (--resume); nothing starts while the
+                                   # plan on disk is not the committed one
 """
 import program
 
@@ -17,11 +18,14 @@ if __name__ == "__main__":
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 
 import datasize
+import loop
 import regularizers
 import results
 import rules
@@ -31,6 +35,9 @@ from program import Stop
 SEEDS = {"main": list(range(100, 120)), "mechanism": list(range(200, 210))}  # fresh: see rules.check_seeds
 PACK = {"main": 5, "mechanism": 5}   # seeds per pack: main packs one variant's 5 seeds, mechanism 4 arms x 5 seeds
 N1000 = 1000
+# two train.py processes at once, one thread each: ~1.25x the throughput of one process with two threads on the
+# 2-core CPU (docs/performance.md); the thread count changes the last bits, so the plan fixes it
+LAYOUT = {"processes": 2, "threads": 1}
 
 
 def plan(folder):
@@ -48,6 +55,7 @@ def plan(folder):
     return {
         "schema": 1, "written_by": "python confirm.py plan (rules.py)",
         "recipe": recipe | {"note": "every arm: Config's defaults, the main study's recipe (results/recipe.json)"},
+        "layout": LAYOUT | {"note": "train.py processes at once and OMP threads each, on the CPU"},
         "main": {"folder": "confirm/main", "variants": ["none", "l1", "l2", "l1l2"], "seeds": SEEDS["main"],
                  "epochs": 15, "l1": regularizers.L1, "l2": regularizers.L2, "seeds_per_pack": PACK["main"],
                  "family": family(rules.CONFIRM_FAMILIES["confirm_main"]),
@@ -126,12 +134,50 @@ def done(out, names, seeds):
     return all(set(seeds) <= have[n] for n in names)
 
 
-def run(study, folder, extra):
+def spawn(args, env):
+    return subprocess.Popen([sys.executable, os.path.join(results.REPO, "train.py"), *args], env=env)
+
+
+def run(studies, folder, extra):
+    """Every pack of the studies not yet done, LAYOUT["processes"] train.py at a time with LAYOUT["threads"] each,
+    in the plan's order; two packs that write the same results file never run at once (train.py locks it).
+    Ctrl-C reaches every train.py (each keeps its finished epochs); a SIGTERM here is passed on to them."""
     p = committed_plan(folder)
-    for args, out, names, seeds in packs(study, p, folder):
-        if done(out, names, seeds):
-            continue
-        datasize.run_train([*args, *extra], out, names, ",".join(map(str, seeds)))
+    todo = [pack for study in studies for pack in packs(study, p, folder) if not done(*pack[1:])]
+    env = dict(os.environ, OMP_NUM_THREADS=str(p["layout"]["threads"]))
+    running, codes, termed = [], [], []
+    files = lambda pack: {(pack[1], name) for name in pack[2]}
+    old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+           signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: termed.extend(
+               proc.send_signal(signal.SIGTERM) or proc for proc, _ in running))}
+    try:
+        while todo or running:
+            free = [pk for pk in todo if not any(files(pk) & files(other) for _, other in running)]
+            while free and len(running) < p["layout"]["processes"] and not termed and not any(codes):
+                pack, free = free[0], free[1:]
+                todo.remove(pack)
+                args, out, names, seeds = pack
+                state = loop.state_path(out, [(n, s) for n in names for s in seeds])
+                args = [*args, *extra, *(["--resume"] if os.path.exists(state) else [])]
+                print("python train.py " + " ".join(args), flush=True)
+                running.append((spawn(args, env), pack))
+            time.sleep(0.5)
+            for proc, pack in list(running):
+                if proc.poll() is not None:
+                    running.remove((proc, pack))
+                    codes.append(proc.returncode)
+            if (termed or any(codes)) and not running:
+                break
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if termed:
+        raise Stop(143, "terminated (SIGTERM, passed on to train.py); what finished is kept")
+    bad = [c for c in codes if c]
+    if bad:
+        why = f"was killed by {signal.Signals(-bad[0]).name}" if bad[0] < 0 else f"exited {bad[0]}"
+        raise Stop(128 - bad[0] if bad[0] < 0 else bad[0], f"a train.py {why}; the study stops here (what finished "
+                                                            f"is kept; the same command continues)")
 
 
 def main(argv=None):
@@ -145,8 +191,8 @@ def main(argv=None):
     try:
         if args.step == "plan":
             write_plan(args.results)
-        for study in (["main", "mechanism"] if args.step == "all" else [args.step] if args.step != "plan" else []):
-            run(study, args.results, extra)
+        if args.step != "plan":  # the mechanism control first: its packs are the fewest and its question the newest
+            run(["mechanism", "main"] if args.step == "all" else [args.step], args.results, extra)
     except results.ResultsError as e:
         p.exit(2, f"confirm.py: error: {e}\n")
     except Stop as e:

@@ -7,13 +7,17 @@ import sys
 
 def quiet_until_ready(prog):
     """Until the program installs its own handlers (train.main, cli.run_tool, datasize.main), a signal prints one
-    line and exits 128 + its number. A shell that ignores SIGINT keeps it ignored."""
+    line and exits 128 + its number. A shell that ignores SIGINT keeps it ignored. Output that the terminal's
+    encoding cannot show is escaped."""
     def stop(signum, _):
         sys.stderr.write(f"\n{prog}: interrupted while starting; nothing was written\n")
         os._exit(128 + signum)  # no unwinding: torch may be half imported
     for sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, stop)
+    for stream in (sys.stdout, sys.stderr):  # an ASCII terminal (PYTHONIOENCODING=ascii) gets \xb1 for ±, not a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def ready():

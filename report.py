@@ -65,7 +65,7 @@ def table_row(name, r, paired):
     cfg, s = r["config"], r["summary"]
     _, acc = stats.curves(r, "test_acc")
     _, secs = stats.curves(r, "seconds")
-    mean_curve = np.nanmean(acc, 0)
+    mean_curve = np.array([np.nanmean(c) if np.isfinite(c).any() else np.nan for c in np.asarray(acc, float).T])  # no warning where every seed diverged
     best = int(np.nanargmax(mean_curve))
     first = next((i + 1 for i, a in enumerate(mean_curve) if a >= rules.AIM), None)
     n = len(stats.finals(r))

@@ -12,6 +12,7 @@ is written through save_torch; loop.py names and reads it.)
 Nobody else writes into a results folder.
 
     python results.py recipe results/recipe base nodrop rot10 constmom   # apply the rules -> results/recipe.json
+                                                                          # (--overwrite: replace another choice)
     python results.py migrate results/v1                                  # schema 2 files -> schema 3
 """
 import contextlib
@@ -118,16 +119,28 @@ def weights_sha256(state_dict):
 def save(folder, name, result, weights):
     """Write the new checkpoints (weights: {seed: state_dict}), then the JSON that names them, then delete the
     checkpoints of <name> that the JSON no longer names. Checkpoints never reuse a name, so a kill at any point
-    leaves the old JSON with its old checkpoints or the new JSON with its new ones, plus at worst an orphan."""
+    leaves the old JSON with its old checkpoints or the new JSON with its new ones, plus at worst an orphan. A
+    checkpoint that another JSON in the folder names is kept."""
     for run in result["runs"]:
         if run["seed"] in weights:
             run["checkpoint"] = checkpoint_name(name, run["seed"], weights[run["seed"]])
             save_torch(os.path.join(folder, run["checkpoint"]), weights[run["seed"]])
     write_json(os.path.join(folder, f"{name}.json"), result)
-    named = {r["checkpoint"] for r in result["runs"] if r.get("checkpoint")}
+    named = {r["checkpoint"] for r in result["runs"] if r.get("checkpoint")} | named_by_others(folder, name)
     for path in glob.glob(os.path.join(glob.escape(folder), f"{glob.escape(name)}-seed*.pt")):
         if os.path.basename(path) not in named and checkpoint_owner(path) == name:
             os.remove(path)
+
+
+def named_by_others(folder, name):
+    """The checkpoints that the other JSON files in folder name (a user's copy of <name>.json): kept when <name>
+    is replaced, so that the copy stays whole."""
+    named = set()
+    for path in glob.glob(os.path.join(glob.escape(folder), "*.json")):
+        if os.path.basename(path) != f"{name}.json":
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError), open(path) as f:
+                named |= {r["checkpoint"] for r in json.load(f)["runs"] if r.get("checkpoint")}
+    return named
 
 
 def checkpoint_owner(path):
@@ -242,6 +255,16 @@ def folders(root):
     return [(d, files) for d, _, files in sorted(os.walk(root)) if os.path.basename(d) != "state"]
 
 
+def refuse_links(root):
+    """ResultsError naming the first symbolic link under root (root itself may be one). Nothing the study writes is
+    a link, and a link would let the readers see files the verifier does not (or the other way round)."""
+    for folder, dirs, files in sorted(os.walk(root)):
+        link = next((os.path.join(folder, n) for n in sorted(dirs + files) if os.path.islink(os.path.join(folder, n))), None)
+        if link:
+            raise ResultsError(f"{link} is a symbolic link; results folders hold no links (what is read must be what "
+                               f"verify.py checks): replace it with a copy of what it points to")
+
+
 def result_folders(root):
     """Every folder under root (root included) that holds results JSON files."""
     return [d for d, _ in folders(root) if result_paths(d)]
@@ -275,17 +298,31 @@ def load_recipe(folder):
     return r
 
 
-def write_recipe(folder, order):
-    """Apply rules.recipe_choice to the candidate runs (folder/<name>.json, names in `order`, simplest first) and
-    the λ runs (folder/lambda/*.json); write <folder>/../recipe.json only once every input passed its checks."""
+def recipe_from(folder, order):
+    """recipe.json's content, as the file holds it, from rules.recipe_choice on the candidate runs
+    (folder/<name>.json, names in `order`, simplest first) and the λ runs (folder/lambda/*.json)."""
     candidates = [(name, os.path.join(folder, f"{name}.json"), load(os.path.join(folder, f"{name}.json")))
                   for name in order]
     lambda_runs = {p: load(p) for p in result_paths(os.path.join(folder, "lambda"))}
     try:
-        out = {"schema": SCHEMA} | rules.recipe_choice(candidates, lambda_runs)
+        return json.loads(json.dumps({"schema": SCHEMA} | rules.recipe_choice(candidates, lambda_runs)))
     except ValueError as e:
         raise ResultsError(str(e))
-    write_json(os.path.join(os.path.dirname(os.path.abspath(folder)), "recipe.json"), out)
+
+
+def write_recipe(folder, order, overwrite=False):
+    """Write <folder>/../recipe.json once every input passed its checks. recipe.json is written once: a file that
+    holds another choice of recipe (or other λ's) is replaced only with overwrite; λ's may be added to it."""
+    out, path = recipe_from(folder, order), os.path.join(os.path.dirname(os.path.abspath(folder)), "recipe.json")
+    old = read_json(path, "move it away") if os.path.exists(path) else None
+    same = lambda keys: all(old.get(k) == out.get(k) for k in keys)  # the schema number is the writer's, not the choice's
+    if old is not None and not overwrite and not same((set(old) | set(out)) - {"schema"}) and \
+            not (same(("rule", "candidates", "chosen")) and not old.get("lambdas")):
+        names = [c.get("name") for c in old.get("candidates") or [] if isinstance(c, dict)]
+        raise ResultsError(f"{path} already holds another choice ({old.get('chosen')!r} of {names}, λ's "
+                           f"{old.get('lambdas')}); the study's runs were trained with it: pass --overwrite to "
+                           f"replace it, or move the file away")
+    write_json(path, out)
     return out
 
 
@@ -350,7 +387,8 @@ def migrate(folder):
 
 
 def main(argv):
-    usage = "usage: python results.py recipe FOLDER CANDIDATE [CANDIDATE ...] | migrate FOLDER"
+    usage = "usage: python results.py recipe FOLDER CANDIDATE [CANDIDATE ...] [--overwrite] | migrate FOLDER"
+    overwrite, argv = "--overwrite" in argv, [a for a in argv if a != "--overwrite"]
     if len(argv) < 2 or argv[0] not in ("recipe", "migrate") or (argv[0] == "recipe" and len(argv) < 3):
         sys.exit(usage)
     try:
@@ -359,7 +397,7 @@ def main(argv):
                 raise ResultsError(f"{argv[1]} is not a directory")
             print("\n".join(f"migrated {p}" for p in migrate(argv[1])) or f"{argv[1]}: no schema-2 files")
             return
-        rec = write_recipe(argv[1], argv[2:])
+        rec = write_recipe(argv[1], argv[2:], overwrite)
     except ResultsError as e:
         sys.exit(f"results.py: error: {e}")
     except (KeyError, TypeError, IndexError, AttributeError) as e:  # JSON that parses but is no results file

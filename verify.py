@@ -2,7 +2,10 @@
 weights' hash in the checkpoint's name, the final accuracy and correct count, the misclassified list (index,
 label, prediction), near_zero_fraction, and the final loss (to 1e-4: an evaluation packed with other models
 rounds its sums differently). results.load has already checked every number derived from the per-epoch records.
-A checkpoint that no JSON names fails too: a seed dropped from its file by hand leaves its weights behind.
+A checkpoint that no JSON names fails too: a seed dropped from its file by hand leaves its weights behind. A run's
+λ's must give, on its weights, about the penalty recorded for its last epoch; choice.json and recipe.json must
+equal what their runs give, and every data-size run must have the config datasize.py gives it (crosscheck.py).
+A symbolic link anywhere under the folder is refused, as plot.py and report.py refuse it (cli.py).
 
     python verify.py [--results DIR] [--data DIR]       # make verify; exit 1 if anything differs
 """
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import cli
+import crosscheck
 import data
 import results
 from model import Net, near_zero_fraction
@@ -58,11 +62,13 @@ def check_run(folder, cfg, run, images, labels):
         problems.append(f"near_zero_fraction {near_zero_fraction(weights)}, the JSON says {run['near_zero_fraction']}")
     if last_loss is not None and abs(loss - last_loss) > 1e-4 * max(1.0, abs(last_loss)):
         problems.append(f"loss {loss:.6f}, the JSON says {last_loss:.6f}")
-    return acc, problems
+    relabelled = crosscheck.penalty_problem(cfg, run, weights)
+    return acc, problems + ([relabelled] if relabelled else [])
 
 
 def verify_tree(root, data_dir):
-    """(lines to print, runs that differ, runs checked, unnamed checkpoints) for every results folder under root."""
+    """(lines to print, runs that differ, runs checked, unnamed checkpoints, files that disagree with their runs)
+    for every results folder under root."""
     mnist = data.load_mnist(data_dir, log=lambda s: None)
     lines, bad, checked, named = [], 0, 0, set()
     for folder in results.result_folders(root):
@@ -77,14 +83,16 @@ def verify_tree(root, data_dir):
     found = (os.path.normpath(os.path.join(d, f)) for d, files in results.folders(root) for f in files if f.endswith(".pt"))
     unnamed = sorted(p for p in found if p not in named)
     lines += [f"{os.path.relpath(p)}: NO JSON NAMES THIS CHECKPOINT" for p in unnamed]
-    return lines, bad, checked, unnamed
+    disagree = crosscheck.check_tree(root)
+    lines += [f"DISAGREES: {p}" for p in disagree]
+    return lines, bad, checked, unnamed, disagree
 
 
 def main(argv=None):
     p = cli.tool_parser("verify.py", __doc__, "folder to check, with its subfolders (default: the repository's "
                             "results/)", "MNIST folder (default: the repository's data/)")
     args = p.parse_args(argv)
-    lines, bad, checked, unnamed = cli.run_tool(p, args, lambda: verify_tree(args.results, args.data))
+    lines, bad, checked, unnamed, disagree = cli.run_tool(p, args, lambda: verify_tree(args.results, args.data))
     print("\n".join(lines))
     if not checked:
         p.exit(1, f"{p.prog}: error: no checkpoint to verify under {args.results}: every run diverged or none is there\n")
@@ -93,8 +101,10 @@ def main(argv=None):
     if unnamed:  # a run dropped from its JSON, or a kill between saving a JSON and deleting what it replaced
         p.exit(1, f"{p.prog}: error: {len(unnamed)} checkpoint(s) named by no JSON, first {os.path.relpath(unnamed[0])}: "
                   f"restore the run they belong to, or delete them\n")
+    if disagree:
+        p.exit(1, f"{p.prog}: error: {len(disagree)} file(s) disagree with the runs they describe, first: {disagree[0]}\n")
     print(f"all {checked} checkpoints under {args.results} re-evaluate to their JSON (accuracy, correct count, "
-          f"misclassified list, near-zero fraction, loss)")
+          f"misclassified list, near-zero fraction, loss, penalty), and every choice.json and recipe.json to its runs")
 
 
 if __name__ == "__main__":

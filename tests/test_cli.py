@@ -46,8 +46,10 @@ BAD = [  # (arguments, fragment of the error message, refused by the parser: bef
     (["--variant", "l1", "--out", ""], "an empty path would mean the current folder", True),
     (["--variant", "l1", "--lr", "1e39"], "must be a finite number > 0", True),
     (["--variant", "l1", "--no-cycle-momentum", "--momentum", "1e308"], "must be a finite number >= 0", True),
-    (["--variant", "l1", "--train-limit", "70000"], "larger than the 60,000 images", False),
-    (["--variant", "l1", "--test-limit", "20000"], "larger than the 10,000 images", False),
+    (["--variant", "l1", "--train-limit", "70000"], "larger than the 60,000 images", True),
+    (["--variant", "l1", "--val", "--train-limit", "50001"], "larger than the 50,000 images", True),
+    (["--variant", "l1", "--test-limit", "20000"], "larger than the 10,000 images", True),
+    (["--variant", "l1", "--test-limit", "10001"], "larger than the 10,000 images", True),
     (["--variant", "l1", "--data", "/nonexistent/mnist"], "is not a directory", False),
     (["--variant", "l1", "--out", "/proc/no/such"], "cannot write to --out", False),
 ]
@@ -152,6 +154,25 @@ def test_a_pack_too_large_for_memory_is_refused(tmp_path, capsys, monkeypatch):
                     "--out", str(tmp_path), "--no-compile", "--train-limit", "64", "--test-limit", "64"])
     err = one_line_error(capsys)
     assert e.value.code == 2 and "20 models need ~2.7 GB" in err and "87 MB per model" in err and "2.0 GB" in err, err
+
+
+@pytest.mark.parametrize("value", ["data", "data/", "data/MNIST", os.path.join(ROOT, "data")])
+def test_make_refuses_results_in_the_mnist_folder(value):
+    """`make l1 RESULTS=data` (or a folder inside data/) stops before any command runs: runs never go into MNIST's
+    folder."""
+    r = subprocess.run(["make", "-n", "-C", ROOT, "l1", f"RESULTS={value}"], capture_output=True, text=True)
+    assert r.returncode != 0 and "is MNIST's folder data/" in r.stderr, r.stderr
+    assert "train.py" not in r.stdout
+
+
+def test_an_ascii_terminal_gets_the_results_line(tmp_path):
+    """With PYTHONIOENCODING=ascii, train.py prints its mean ± std line escaped and exits 0, not a traceback."""
+    r = subprocess.run([sys.executable, TRAIN_PY, "--variant", "none", "--epochs", "1", "--train-limit", "64",
+                        "--test-limit", "64", "--seeds", "0,1", "--precision", "fp32", "--no-compile", "--device", "cpu",
+                        "--data", DATA, "--out", str(tmp_path)], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONIOENCODING="ascii"))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "\\xb1" in r.stdout and "-> " in r.stdout, r.stdout
 
 
 @pytest.mark.parametrize("value", ["", "results/try run", "/"])

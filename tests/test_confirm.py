@@ -53,7 +53,7 @@ def test_no_run_starts_before_the_plan_is_committed(folder, capsys, monkeypatch)
     subprocess.run(["git", "init", "-q", str(folder)], check=True)
     confirm.main(["plan", "--results", str(folder)])
     started = []
-    monkeypatch.setattr(confirm.datasize, "run_train", lambda *a: started.append(a))
+    monkeypatch.setattr(confirm, "spawn", lambda args, env: started.append((args, env)) or Done())
     with pytest.raises(SystemExit) as e:
         confirm.main(["main", "--results", str(folder)])
     assert e.value.code == 2 and "is not committed as it is on disk" in capsys.readouterr().err and not started
@@ -61,7 +61,17 @@ def test_no_run_starts_before_the_plan_is_committed(folder, capsys, monkeypatch)
     subprocess.run([*git, "add", "confirm/plan.json"], check=True)
     subprocess.run([*git, "commit", "-qm", "plan"], check=True)
     confirm.main(["main", "--results", str(folder)])
-    assert len(started) == 16  # 4 variants x 4 packs of 5 seeds
+    assert len(started) == 16  # 4 variants x 4 packs of 5 seeds, each train.py with one thread
+    assert all(env["OMP_NUM_THREADS"] == "1" for _, env in started)
+    assert [args[1] for args, _ in started[:4]] == ["none", "l1", "l2", "l1l2"]
+
+
+class Done:
+    """A train.py that has finished well."""
+    returncode = 0
+
+    def poll(self):
+        return 0
 
 
 def test_packs_carry_the_plans_settings_and_nothing_else(folder):

@@ -1,6 +1,9 @@
 """The data-size study: class-balanced subsets paired across variants, the same step budget for every size, the λ
 rule on the validation split, and a study that resumes where it stopped."""
 import json
+import os
+import signal
+import time
 
 import pytest
 import torch
@@ -14,9 +17,11 @@ import report
 import results
 import rules
 import train
-from conftest import DATA, FP32, make_result, metrics, stop_at_second_save
+import verify
+from conftest import DATA, FP32, ROOT, make_result, metrics, popen, stop_at_second_save
 
 TINY = ["--steps", "12", "--epochs", "3", "--test-limit", "64", *FP32]
+SHRUNK = ["--test-limit", "64", "--no-compile", *FP32]
 
 
 def test_subset_is_class_balanced_and_never_validation(mnist):
@@ -124,15 +129,17 @@ def tiny_study(tmp_path, monkeypatch):
     monkeypatch.setattr(datasize, "STEPS", 12)
     monkeypatch.setattr(datasize, "POINTS", 3)
     monkeypatch.setattr(datasize, "GRID", {"l1": [1e-3], "l2": [1e-2]})
-    monkeypatch.setattr(datasize, "FOLDER", str(tmp_path / "datasize"))
-    monkeypatch.setattr(datasize, "choice_committed", lambda size: True)  # tmp_path is outside the repository
-    return ["--data", DATA, "--test-limit", "64", "--device", "cpu", "--no-compile", *FP32]
+    study_args = datasize.study_args  # and evaluated on 64 images, eagerly, in fp32: fixed by the study, like its steps
+    monkeypatch.setattr(datasize, "study_args", lambda size, seeds: [*study_args(size, seeds), *SHRUNK])
+    monkeypatch.setattr(datasize, "choice_committed", lambda folder, size: True)  # tmp_path is outside the repository
+    return ["--data", DATA, "--device", "cpu", "--results", str(tmp_path)]
 
 
 def test_the_study_runs_its_steps_in_order_and_skips_what_is_done(tiny_study, tmp_path, capfd):
     """`all`: the validation runs, the choice (choice.json), then the four variants x five seeds with the chosen
-    λ's; run again, it trains nothing and changes no file."""
+    λ's, which verify.py finds to agree with each other; run again, it trains nothing and changes no file."""
     datasize.main(["all", *tiny_study])
+    assert verify.main(["--results", str(tmp_path), "--data", DATA]) in (None, 0)
     choice = json.load(open(tmp_path / "datasize" / "choice.json"))["sizes"]["100"]
     assert set(choice["chosen"]) == {"l1", "l2"} and choice["rule"] == rules.DATASIZE_RULE
     for variant in ("none", "l1", "l2", "l1l2"):
@@ -149,32 +156,31 @@ def test_the_study_runs_its_steps_in_order_and_skips_what_is_done(tiny_study, tm
 
 def test_a_committed_choice_is_never_replaced(tiny_study, tmp_path):
     """choose on other validation numbers than those behind an existing entry: one line, the entry stays."""
-    datasize.search_lambdas(100, tiny_study)
-    datasize.choose(100)
+    datasize.search_lambdas(str(tmp_path / "datasize"), 100, tiny_study[:4])
+    datasize.choose(str(tmp_path / "datasize"), 100)
     path = tmp_path / "datasize" / "choice.json"
     doc = json.load(open(path))
     doc["sizes"]["100"]["chosen"]["l1"] = 1.0  # as if chosen from other runs
     results.write_json(str(path), doc)
     with pytest.raises(results.ResultsError, match="already holds another choice for n100"):
-        datasize.choose(100)
+        datasize.choose(str(tmp_path / "datasize"), 100)
     assert json.load(open(path)) == doc
 
 
 def test_an_interrupted_size_is_continued(tiny_study, tmp_path, monkeypatch, capfd):
     """A test pack stopped after its first segment (full disk) leaves its state; the next `all` continues it
     with --resume (and says so) and ends where an uninterrupted pack ends."""
-    datasize.search_lambdas(100, tiny_study)
-    datasize.choose(100)
+    datasize.search_lambdas(str(tmp_path / "datasize"), 100, tiny_study[:4])
+    datasize.choose(str(tmp_path / "datasize"), 100)
     chosen = json.load(open(tmp_path / "datasize" / "choice.json"))["sizes"]["100"]["chosen"]
     out = tmp_path / "datasize" / "n100"
-    argv = ["--variant", "none,l1,l2,l1l2", "--l1", f"{chosen['l1']:g}", "--l2", f"{chosen['l2']:g}",
-            *datasize.study_args(100, datasize.TEST_SEEDS), "--packed", "--out", str(out), *tiny_study]
+    argv = [*datasize.test_args({"chosen": chosen}, 100), "--out", str(out), *tiny_study[:4]]
     assert stop_at_second_save(monkeypatch, argv) == 1
     assert (out / "state").exists() and list((out / "state").glob("*.pt"))
     capfd.readouterr()
     datasize.main(["all", *tiny_study])
     assert "continuing the interrupted run" in capfd.readouterr().out
-    assert train.main([*argv[:-len(tiny_study) - 2], "--out", str(tmp_path / "whole"), *tiny_study]) == 0
+    assert train.main([*argv[:-6], "--out", str(tmp_path / "whole"), *tiny_study[:4]]) == 0
     for variant in ("none", "l1l2"):
         resumed, whole = (json.load(open(d / f"{variant}.json")) for d in (out, tmp_path / "whole"))
         assert metrics(resumed) == metrics(whole), variant
@@ -182,7 +188,7 @@ def test_an_interrupted_size_is_continued(tiny_study, tmp_path, monkeypatch, cap
 
 def test_the_study_stops_for_each_choice_to_be_committed(tiny_study, tmp_path, monkeypatch, capsys):
     """`all` chooses λ for a size, then refuses its test runs in one line until the choice is committed."""
-    monkeypatch.setattr(datasize, "choice_committed", lambda size: False)
+    monkeypatch.setattr(datasize, "choice_committed", lambda folder, size: False)
     with pytest.raises(SystemExit) as e:
         datasize.main(["all", *tiny_study])
     err = capsys.readouterr().err.strip().splitlines()
@@ -229,3 +235,77 @@ def test_findings_per_size_follow_the_holm_verdicts():
         "(p 0.004, Holm 0.040) is worse than none; l2 -0.0360 [-0.0510, -0.0220] (p 0.002, Holm 0.027) beats none.",
         "- **5,000 images** (60 passes). Accuracy: l2 +0.03 [-0.02, +0.08] (p 0.200, Holm 0.200) is equal to none "
         "within ±0.1."]
+
+
+@pytest.mark.parametrize("flag", [["--l2", "0.1"], ["--train-subset", "5000"], ["--steps", "20"], ["--seeds", "0"],
+                                  ["--out", "elsewhere"], ["--name", "x"], ["--resume"], ["--test-limit", "64"]])
+def test_flags_that_change_the_study_are_refused(tmp_path, capsys, flag):
+    """`datasize.py test 1000` with a flag that would replace what the study fixes: exit 2, one line naming the
+    flag, nothing written."""
+    with pytest.raises(SystemExit) as e:
+        datasize.main(["test", "1000", *flag, "--results", str(tmp_path), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and flag[0] in err[0] and "what the study fixes" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv,message", [(["test", "999"], "not one of the study's sizes"), (["all", "1000"], "takes no SIZE"),
+                                          (["lambdas"], "needs a SIZE"), (["fit", "1000"], "invalid choice"),
+                                          (["test", "1000", "--results"], "expected one argument")])
+def test_bad_datasize_command_is_one_line(tmp_path, capsys, argv, message):
+    """A size the study does not have, a missing or extra SIZE, an unknown step: exit 2, one line."""
+    with pytest.raises(SystemExit) as e:
+        datasize.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and message in err[0], err
+
+
+def datasize_with_child(tmp_path):
+    """`datasize.py lambdas 1000` as a program, once its train.py child runs: (process, the child's pid)."""
+    proc = popen("lambdas", "1000", "--results", str(tmp_path), "--device", "cpu", "--data", DATA,
+                 script=os.path.join(ROOT, "datasize.py"))
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            kids = f.read().split()
+        if kids:
+            time.sleep(1.0)  # datasize.py is in its wait, with its handlers set
+            return proc, int(kids[0])
+        time.sleep(0.05)
+    raise AssertionError(f"no train.py child within 120 s: {proc.communicate()}")
+
+
+def alive(pid, within=30.0):
+    """Whether pid still runs (not a zombie) after waiting up to `within` seconds for it to end."""
+    deadline = time.time() + within
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[1][0] == "Z":
+                    return False
+        except FileNotFoundError:
+            return False
+        if time.time() >= deadline:
+            return True
+        time.sleep(0.1)
+
+
+def test_sigterm_stops_the_train_py_child(tmp_path):
+    """SIGTERM to datasize.py is passed on to its train.py child: both end, datasize.py with exit 143 and one line."""
+    proc, child = datasize_with_child(tmp_path)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert not alive(child), f"train.py {child} still runs after datasize.py ended ({proc.returncode}): {err}"
+        assert proc.returncode == 143 and "SIGTERM" in err.strip().splitlines()[-1], err
+    finally:
+        if alive(child, within=0):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_child_killed_by_a_signal_is_named(tmp_path):
+    """kill -9 of the train.py child: datasize.py names SIGKILL and exits 137, as a shell reports it."""
+    proc, child = datasize_with_child(tmp_path)
+    os.kill(child, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 137 and "killed by SIGKILL" in err.strip().splitlines()[-1], (proc.returncode, err)

@@ -575,3 +575,14 @@ def test_overwrite_replaces_a_damaged_file(run_train, tmp_path):
     (tmp_path / "l1.json").write_bytes(blob[:len(blob) // 2])
     code, res = run_train("--variant", "l1", *FAST, "--overwrite", name="l1")
     assert code == 0 and [r["seed"] for r in res["runs"]] == [0]
+
+
+def test_overwrite_keeps_the_checkpoints_another_json_names(run_train, tmp_path):
+    """--overwrite of l1.json keeps the checkpoints that a user's copy of it (l1-backup.json) still names, and the
+    folder verifies: no JSON names a missing file."""
+    _, old = run_train("--variant", "l1", *FAST, name="l1")
+    shutil.copy(tmp_path / "l1.json", tmp_path / "l1-backup.json")
+    code, new = run_train("--variant", "l1", *FAST, "--lr", "0.05", "--overwrite", name="l1")
+    assert code == 0 and new["runs"][0]["checkpoint"] != old["runs"][0]["checkpoint"]
+    assert os.path.exists(checkpoint(tmp_path, old["runs"][0])), "the copy's checkpoint was deleted"
+    assert results.load(str(tmp_path / "l1-backup.json")) and results.load(str(tmp_path / "l1.json"))
