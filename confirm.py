@@ -152,9 +152,11 @@ def run(studies, folder, extra):
                proc.send_signal(signal.SIGTERM) or proc for proc, _ in running))}
     try:
         while todo or running:
-            free = [pk for pk in todo if not any(files(pk) & files(other) for _, other in running)]
-            while free and len(running) < p["layout"]["processes"] and not termed and not any(codes):
-                pack, free = free[0], free[1:]
+            while len(running) < p["layout"]["processes"] and not termed and not any(codes):
+                free = [pk for pk in todo if not any(files(pk) & files(other) for _, other in running)]
+                if not free:
+                    break
+                pack = free[0]
                 todo.remove(pack)
                 args, out, names, seeds = pack
                 state = loop.state_path(out, [(n, s) for n in names for s in seeds])

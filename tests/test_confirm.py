@@ -98,3 +98,29 @@ def test_packs_carry_the_plans_settings_and_nothing_else(folder):
 def test_the_mechanism_decision_uses_the_plans_words(verdicts, decision):
     """Each pattern of verdicts gives the decision the plan names for it."""
     assert rules.mechanism_decision(verdicts) == decision and decision in rules.MECHANISM_DECISION
+
+
+def test_two_packs_that_write_one_file_never_run_at_once(folder, monkeypatch):
+    """The mechanism's two packs write the same four files: the second starts only after the first has ended, and
+    a main pack runs beside the first meanwhile."""
+    monkeypatch.setattr(confirm, "committed_plan", lambda f: confirm.plan(f))
+    log, live = [], []
+
+    class Proc:
+        def __init__(self, args):
+            self.args, self.polls = args, 0
+            log.append(("start", args[1], [n for n, _ in live]))
+            live.append((args[1], self))
+
+        def poll(self):
+            self.polls += 1
+            if self.polls < 3:
+                return None
+            live.remove((self.args[1], self))
+            return 0
+        returncode = 0
+    monkeypatch.setattr(confirm, "spawn", lambda args, env: Proc(args))
+    monkeypatch.setattr(confirm.time, "sleep", lambda s: None)
+    confirm.run(["mechanism", "main"], str(folder), [])
+    mech = [i for i, (_, v, _) in enumerate(log) if v.startswith("none,l2")]
+    assert len(mech) == 2 and log[1][1] == "none" and "none,l2,none_normmatch,l2_conv9" not in log[mech[1]][2], log
