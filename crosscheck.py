@@ -7,6 +7,7 @@ runs it describes. Each check returns its problems as lines that name the file (
 - recipe.json: equals what rules.recipe_choice gives on its candidate runs (recipe/) and λ runs (recipe/lambda/);
 - the confirmatory study's plan.json: equals what confirm.py writes from rules.py, and every run in its folders
   has the config the plan gives it, on seeds of the plan;
+- the repository's results/: every variant's file is what `make <variant>` trains (the table's λ's, the recipe);
 - every run: its λ's agree with its weights (penalty_problem).
 """
 import json
@@ -149,9 +150,28 @@ def check_confirm(root):
     return problems
 
 
+STUDY_EPOCHS = 15  # the main study: `make all`'s variants at the Makefile's EPOCHS, packed
+
+
+def check_study(root):
+    """The repository's results/: each <variant>.json there is the main study's run of that variant, with the
+    variant table's λ's and Config's recipe (what `make all` trains), on any seeds."""
+    problems = []
+    for path in results.result_paths(root):
+        name, cfg = os.path.basename(path)[:-5], results.read_json(path, "restore it")["config"]
+        if name not in regularizers.VARIANTS:
+            problems.append(f"{path}: not a variant of the study ({', '.join(regularizers.VARIANTS)})")
+            continue
+        want = expected_configs(["--variant", name, "--epochs", str(STUDY_EPOCHS), "--packed"])[name]
+        diff = rules.differences(want, cfg, ignore=NOT_FIXED)
+        problems += [f"{path}: not what `make {name}` trains ({', '.join(diff)})"] if diff else []
+    return problems
+
+
 def check_tree(root):
     """The problems of every choice.json and recipe.json under root, and of data-size runs without a choice."""
-    problems = []
+    main = os.path.realpath(root) == os.path.realpath(os.path.join(results.REPO, "results"))
+    problems = check_study(root) if main else []
     for folder, files in results.folders(root):
         if "choice.json" in files or os.path.basename(folder) == "datasize":
             problems += check_datasize(folder)

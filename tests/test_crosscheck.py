@@ -177,3 +177,20 @@ def test_a_symlinked_folder_is_refused_everywhere(copy, tmp_path_factory, capsys
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and len(err) == 1 and f"{copy / 'datasize'} is a symbolic link" in err[0], err
     assert not (copy / "REPORT.md").exists()
+
+
+def test_the_main_studys_files_are_what_make_trains(tmp_path, monkeypatch):
+    """In the repository's results/, a variant's file relabelled to other λ's (consistently, weights untouched by
+    this check) or trained for other epochs is named; the committed files pass; a user's folder is not held to it."""
+    monkeypatch.setattr(results, "REPO", str(tmp_path))
+    os.makedirs(tmp_path / "results")
+    l2 = json.load(open(os.path.join(COMMITTED, "l2.json")))
+    (tmp_path / "results" / "l2.json").write_text(json.dumps(l2))
+    assert crosscheck.check_study(str(tmp_path / "results")) == []
+    l2["config"] |= {"l2": 1e-3, "epochs": 20}
+    (tmp_path / "results" / "l2.json").write_text(json.dumps(l2))
+    problems = crosscheck.check_tree(str(tmp_path / "results"))
+    assert len(problems) == 1 and "not what `make l2` trains" in problems[0], problems
+    assert "epochs (15 -> 20)" in problems[0] and "l2 (0.0003 -> 0.001)" in problems[0], problems
+    os.rename(tmp_path / "results", tmp_path / "try")
+    assert crosscheck.check_tree(str(tmp_path / "try")) == []
