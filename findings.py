@@ -88,12 +88,25 @@ def fill(text, blocks):
 def blocks(found, study, choice):
     """{block name: markdown text ending in a newline} for the README."""
     cs = contrasts(stats.pairs(found))
-    out = {"answer": answer(found, cs), "findings": main_findings(found, cs)}
+    out = {"answer": answer(found, cs), "findings": main_findings(found, cs), "recipe": recipe()}
     if study:
         rows = stats.datasize_rows(study)
         out["datasize"] = "\n".join(datasize_findings(rows)) + "\n"
         out["datasize-lambdas"] = "\n".join(lambda_notes(choice)) + "\n" if choice else "–\n"
     return out
+
+
+def recipe():
+    """The recipe bullet, from Config's defaults (which a test ties to what results/recipe.json chose)."""
+    from config import Config
+    c = Config()
+    momentum = (f"momentum cycled {c.momentum_range[1]:g} -> {c.momentum_range[0]:g} -> {c.momentum_range[1]:g}"
+                if c.cycle_momentum else f"momentum {c.momentum:g}")
+    return (f"- **Recipe** (`config.Config`, chosen on the validation split: `results/recipe.json`): batch "
+            f"{c.batch_size}, SGD with Nesterov momentum, one-cycle learning rate peaking at {c.lr:g} after "
+            f"{c.warmup:.0%} of the steps ({momentum}), {c.epochs} epochs, random rotation ±{c.rotate_deg:g}°, "
+            f"dropout {c.dropout:g}, {c.precision} autocast and a {'compiled' if c.compile else 'eager'} step "
+            f"(evaluation in fp32).\n")
 
 
 def answer(found, cs):

@@ -18,6 +18,7 @@ import data
 import model as model_lib
 import results
 import rules
+import stats
 from model import DTYPES
 from regularizers import lambdas, match_norms, norm_partners, penalized, penalty
 
@@ -301,15 +302,12 @@ def train_pack(members, split, state_path, resume, env, subsets=None):
                                         "sched": sched.state_dict(), "histories": histories, "runs": runs,
                                         "rng": [g.get_state() for g in pack["data_gens"] + pack["drop_gens"]],
                                         "pending": pack["pending"].cpu()})
-    _, final_acc, correct, preds = evaluate(net, test_x, test_y, cfg)
+    preds = evaluate(net, test_x, test_y, cfg)[3]
     weights = model_lib.unpack({key: v.cpu() for key, v in net.state_dict().items()}, k)  # plain Net state_dicts
     for i, (m, seed) in enumerate(members):
-        accs = [h["test_acc"] for h in histories[i]]
-        best = max(range(len(accs)), key=lambda j: accs[j])
         wrong = (preds[i] != test_y.long()).nonzero().flatten().tolist()
-        runs[i].update(epochs=histories[i], final_test_acc=final_acc[i], test_correct=correct[i],
-                       best_test_acc=accs[best], best_epoch=best + 1, near_zero_fraction=model_lib.near_zero_fraction(weights[i]),
-                       first_epoch_at_99_4=next((h["epoch"] for h in histories[i] if h["test_acc"] >= rules.AIM), None),
+        runs[i].update(epochs=histories[i], near_zero_fraction=model_lib.near_zero_fraction(weights[i]),
                        misclassified=[{"index": j, "label": int(test_y[j]), "pred": int(preds[i][j])} for j in wrong],
                        env=env | {"wall_s": round(sum(h["seconds"] for h in histories[i]), 1)})
+        runs[i].update(stats.derived(runs[i], asdict(m)))  # final and best accuracy, as every reader checks them
     return runs, weights

@@ -64,7 +64,7 @@ def band(ax, x, arr, label, color):
 def plot_loss(found):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, key, title in [(axes[0], "train_loss", "train loss (data loss, epoch mean)"),
-                           (axes[1], "test_loss", f"{split(found)} loss")]:
+                           (axes[1], "test_loss", f"{stats.split(found)} loss")]:
         for name, r in found.items():
             band(ax, *stats.curves(r, key), name, color(r))
         ax.set(title=title, xlabel="epoch", yscale="log")
@@ -87,7 +87,7 @@ def plot_accuracy(found):
     lo, hi = np.nanmin(tail), np.nanmax(top)
     ax.set_ylim(max(lo - 0.1, 90) if np.isfinite(lo) else 90, min(max(hi, rules.AIM) + 0.1, 100) if np.isfinite(hi) else 100)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set(title=f"{split(found)} accuracy per epoch (seed mean, min-max band)", xlabel="epoch", ylabel=f"{split(found)} accuracy (%)")
+    ax.set(title=f"{stats.split(found)} accuracy per epoch (seed mean, min-max band)", xlabel="epoch", ylabel=f"{stats.split(found)} accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     return png(fig)
@@ -186,7 +186,7 @@ def plot_misclassified(name, result, images, labels):
         ax.set_title(f"pred {m['pred']}, true {m['label']}", fontsize=9, color="firebrick")
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle(f"{name}: {len(run['misclassified'])} of {len(labels):,} {split({name: result})} digits misclassified "
+    fig.suptitle(f"{name}: {len(run['misclassified'])} of {len(labels):,} {stats.split({name: result})} digits misclassified "
                  f"(seed {run['seed']}, first 25 shown)", fontsize=10)
     return png(fig, dpi=100)
 
@@ -209,8 +209,8 @@ def plot_differences(found, paired):
             ax.errorbar([x + 0.22], [mean], yerr=[[mean - lo], [hi - mean]], fmt="_", ms=16, mew=2, capsize=5, color=c)
     ax.set_xticks(range(len(shown)), [f"{n}\n({len(p[0])} seed{'s' if len(p[0]) > 1 else ''})" for n, p in shown.items()])
     ax.set_xlim(-0.6, max(len(shown), 1) - 0.4)
-    ax.set(ylabel=f"final {split(found)} acc − {rules.BASE}, same seed (points)",
-           title=f"final {split(found)} accuracy minus {rules.BASE}'s on the same seed\ndots: seeds; bar: mean and 95% paired t-interval")
+    ax.set(ylabel=f"final {stats.split(found)} acc − {rules.BASE}, same seed (points)",
+           title=f"final {stats.split(found)} accuracy minus {rules.BASE}'s on the same seed\ndots: seeds; bar: mean and 95% paired t-interval")
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3, axis="y")
     left_out = [p for p in paired.values() if isinstance(p, str)]
@@ -276,11 +276,6 @@ def plot_datasize(rows):
     return png(fig)
 
 
-def split(found):
-    """'test' or 'validation': a results folder holds one split (results.load_folder sees to it)."""
-    return "validation" if next(iter(found.values()))["config"]["val"] else "test"
-
-
 # -----------------------------------------------------------------------------
 # main: render every figure in memory, then hand them to results.py to write
 
@@ -308,11 +303,7 @@ def main(argv=None):
     p = cli.tool_parser("plot.py", __doc__, "folder of <name>.json files; figures go there too (default: the "
                             "repository's results/)", "MNIST folder, for the misclassified images (default: the "
                             "repository's data/)")
-    p.add_argument("--verify", action="store_true", help="draw nothing: run verify.py on --results (make verify)")
     args = p.parse_args(argv)
-    if args.verify:
-        import verify  # kept for the old command line: plot.py itself evaluates nothing
-        return verify.main(["--results", args.results, "--data", args.data])
     written = cli.run_tool(p, args, lambda: results.write_files(args.results, render(args.results, args.data)))
     print("wrote " + ", ".join(os.path.relpath(w) for w in written))
 

@@ -69,14 +69,10 @@ def table_row(name, r, paired):
     best = int(np.nanargmax(mean_curve))
     first = next((i + 1 for i, a in enumerate(mean_curve) if a >= rules.AIM), None)
     n = len(stats.finals(r))
-    final = ("diverged" if s["final_test_acc_mean"] is None else f"{s['final_test_acc_mean']:.2f} (1 seed)" if n == 1
-             else f"{s['final_test_acc_mean']:.2f} ± {s['final_test_acc_std']:.2f}")
-    if s.get("diverged"):
-        final += f" ({len(s['diverged'])} diverged)"
-    device = (r.get("env") or r["runs"][-1].get("env") or {}).get("device", "?")
+    final = stats.describe(s, short=True) + (f" ({len(s['diverged'])} diverged)" if s["diverged"] else "")
     return (f"| {name} | {cfg['l1']:g} | {cfg['l2']:g} | {cfg['epochs']} | {final} | {fmt(s['final_test_acc_min'])} "
-            f"| {fmt(s.get('final_test_acc_max'))} | {interval_cell(paired.get(name))} | {mean_curve[best]:.2f} "
-            f"({best + 1}) | {first or '–'} | {np.nanmedian(secs):.1f} | {device} | {n} |")
+            f"| {fmt(s['final_test_acc_max'])} | {interval_cell(paired.get(name))} | {mean_curve[best]:.2f} "
+            f"({best + 1}) | {first or '–'} | {np.nanmedian(secs):.1f} | {r['env']['device']} | {n} |")
 
 
 def variant_line(name, r, paired, split, cs):
@@ -93,7 +89,7 @@ def variant_line(name, r, paired, split, cs):
 
 def report(found, recipe=None):
     """REPORT.md's text. A folder holds one split (results.load_folder sees to it); the words say which."""
-    split = "validation" if next(iter(found.values()))["config"]["val"] else "test"
+    split = stats.split(found)
     paired = stats.pairs(found)
     cs = findings.contrasts(paired)
     rows = [f"| variant | λ1 | λ2 | epochs | final {split} acc (mean ± std) | min | max | − {rules.BASE}, 95% paired "

@@ -1,5 +1,5 @@
 """The one owner of the results files: their schema, atomic writing (a checkpoint and its JSON as one unit),
-locking, reading and validating, the validation searches' files, migration. (The per-epoch state for --resume
+locking, reading and validating, the validation searches' files. (The per-epoch state for --resume
 is written through save_torch; loop.py names and reads it.)
 
     <folder>/<name>.json                   one variant: config, env, one run per seed, summary (schema 3)
@@ -13,7 +13,6 @@ Nobody else writes into a results folder.
 
     python results.py recipe results/recipe base nodrop rot10 constmom   # apply the rules -> results/recipe.json
                                                                           # (--overwrite: replace another choice)
-    python results.py migrate results/v1                                  # schema 2 files -> schema 3
 """
 import contextlib
 import fcntl
@@ -185,8 +184,7 @@ def load(path):
     r = read_json(path, "move it away, or pass --overwrite to train.py")
     if not isinstance(r, dict) or r.get("schema") != SCHEMA:
         got = r.get("schema") if isinstance(r, dict) else None
-        hint = f"`python results.py migrate {os.path.dirname(path) or '.'}`" if got == 2 else "move it away"
-        raise ResultsError(f"{path}: schema {got!r}, this code reads schema {SCHEMA}; {hint}")
+        raise ResultsError(f"{path}: schema {got!r}, this code reads schema {SCHEMA}; move it away")
     if not r.get("runs") or not all(k in r for k in ("variant", "config", "runs", "summary")) or \
             not all(isinstance(run, dict) and "seed" in run and "status" in run for run in r["runs"]):
         raise ResultsError(f"{path}: no runs, or missing variant/config/summary")
@@ -361,42 +359,12 @@ def write_choice(folder, size, runs, grid):
     return entry
 
 
-# -----------------------------------------------------------------------------
-# migration: schema 2 named checkpoints relative to the repository; schema 3 relative to the JSON's folder
-
-def migrate(folder):
-    """Rewrite every schema-2 <name>.json in folder as schema 3; returns the paths rewritten."""
-    done = []
-    for path in result_paths(folder):
-        r = read_json(path, "move it away")
-        if r.get("schema") != 2:
-            continue
-        for run in r["runs"]:
-            if run.get("checkpoint"):
-                ckpt = os.path.join(REPO, run["checkpoint"])
-                if os.path.dirname(os.path.abspath(ckpt)) != os.path.abspath(folder):
-                    raise ResultsError(f"{path}: seed {run['seed']}'s checkpoint {run['checkpoint']} is not in {folder}")
-                run["checkpoint"] = os.path.basename(ckpt)
-        step = {"schema": 2, "how": "each run's checkpoint is named relative to the JSON's folder instead of the "
-                                    "repository root; nothing else changed"}
-        r["migrated_from_schema"] = [r["migrated_from_schema"], step] if "migrated_from_schema" in r else step
-        r["schema"] = SCHEMA
-        write_json(path, r)
-        done.append(path)
-    return done
-
-
 def main(argv):
-    usage = "usage: python results.py recipe FOLDER CANDIDATE [CANDIDATE ...] [--overwrite] | migrate FOLDER"
+    usage = "usage: python results.py recipe FOLDER CANDIDATE [CANDIDATE ...] [--overwrite]"
     overwrite, argv = "--overwrite" in argv, [a for a in argv if a != "--overwrite"]
-    if len(argv) < 2 or argv[0] not in ("recipe", "migrate") or (argv[0] == "recipe" and len(argv) < 3):
+    if len(argv) < 3 or argv[0] != "recipe":
         sys.exit(usage)
     try:
-        if argv[0] == "migrate":
-            if not os.path.isdir(argv[1]):
-                raise ResultsError(f"{argv[1]} is not a directory")
-            print("\n".join(f"migrated {p}" for p in migrate(argv[1])) or f"{argv[1]}: no schema-2 files")
-            return
         rec = write_recipe(argv[1], argv[2:], overwrite)
     except ResultsError as e:
         sys.exit(f"results.py: error: {e}")

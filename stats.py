@@ -29,15 +29,22 @@ def summarize(runs):
             "seeds": [r["seed"] for r in runs], "diverged": [r["seed"] for r in runs if r["status"] != "ok"]}
 
 
-def describe(summary):
-    """'99.42 ± 0.03 (min 99.38, 5 seeds)', or '99.42 (1 seed)': one seed has no spread to print."""
+def describe(summary, short=False):
+    """'99.42 ± 0.03 (min 99.38, 5 seeds)', or '99.42 (1 seed)': one seed has no spread to print; short (a table's
+    cell, beside its min and max columns): '99.42 ± 0.03'."""
     s = summary
     if s["final_test_acc_mean"] is None:
         return "diverged"
     n = len(s["seeds"]) - len(s["diverged"])
     if n == 1:
         return f"{s['final_test_acc_mean']:.2f} (1 seed)"
-    return f"{s['final_test_acc_mean']:.2f} ± {s['final_test_acc_std']:.2f} (min {s['final_test_acc_min']:.2f}, {n} seeds)"
+    spread = f"{s['final_test_acc_mean']:.2f} ± {s['final_test_acc_std']:.2f}"
+    return spread if short else f"{spread} (min {s['final_test_acc_min']:.2f}, {n} seeds)"
+
+
+def split(found):
+    """'test' or 'validation': a results folder holds one split (results.load_folder sees to it)."""
+    return "validation" if next(iter(found.values()))["config"]["val"] else "test"
 
 
 def interval(diffs, level=0.95):

@@ -243,9 +243,6 @@ def sweep_stale_states(out, runs):
     for path in glob.glob(os.path.join(glob.escape(out), "state", "*.pt")):
         members = loop.state_members(path)
         finished = {(n, r["seed"]) for n in runs for r in runs[n] if r["status"] == "ok"}
-        if members is None and any(os.path.basename(path).startswith(f"{n}-seed") for n in runs):
-            tqdm.write(f"note: {path} is an interrupted run saved by an older version (its name does not list its "
-                       f"members); finish it with that version's code, or delete it")
         if members and all(m in finished for m in members) and written(path, members, members, runs):
             os.remove(path)
             tqdm.write(f"removed {path}: the run it saved is already written")

@@ -207,20 +207,19 @@ def signal_while_torch_imports(proc, sig):
     return proc.returncode, err
 
 
-@pytest.mark.parametrize("script,args", [("plot.py", ["--results"]), ("report.py", ["--results"]),
-                                         ("verify.py", ["--results"]), ("datasize.py", ["choose", "1000", "--results"])])
-def test_ctrl_c_while_starting_is_one_line(tmp_path, script, args):
-    """Ctrl-C while torch is still importing, in each program that reads or grows a results folder: exit 130,
-    one line naming the program, nothing written."""
+STARTING = [("plot.py", ["--results"], "SIGINT"), ("report.py", ["--results"], "SIGINT"),
+            ("verify.py", ["--results"], "SIGINT"), ("datasize.py", ["choose", "1000", "--results"], "SIGINT"),
+            ("confirm.py", ["plan", "--results"], "SIGINT"),
+            ("train.py", ["--variant", "none", "--epochs", "1", "--train-limit", "64", "--data", DATA, "--out"], "SIGINT"),
+            ("train.py", ["--variant", "none", "--epochs", "1", "--train-limit", "64", "--data", DATA, "--out"], "SIGTERM")]
+
+
+@pytest.mark.parametrize("script,args,sig", STARTING, ids=[f"{s} {g}" for s, _, g in STARTING])
+def test_a_signal_while_starting_is_one_line(tmp_path, script, args, sig):
+    """Ctrl-C (exit 130) or SIGTERM (143) while torch is still importing, in every program that trains, reads or
+    grows a results folder: one line naming the program, no traceback, nothing written."""
     import signal
-    code, err = signal_while_torch_imports(popen(*args, str(tmp_path), script=os.path.join(ROOT, script)), signal.SIGINT)
-    assert code == 130 and err.strip() == f"{script}: interrupted while starting; nothing was written", err
+    signum = getattr(signal, sig)
+    code, err = signal_while_torch_imports(popen(*args, str(tmp_path), script=os.path.join(ROOT, script)), signum)
+    assert code == 128 + signum and err.strip() == f"{script}: interrupted while starting; nothing was written", err
     assert os.listdir(tmp_path) == []
-
-
-def test_sigterm_while_starting_is_one_line(tmp_path):
-    """SIGTERM while torch is still importing: exit 143, one line, nothing written."""
-    import signal
-    proc = popen("--variant", "none", "--epochs", "1", "--train-limit", "64", "--data", DATA, "--out", str(tmp_path))
-    code, err = signal_while_torch_imports(proc, signal.SIGTERM)
-    assert code == 143 and len(err.strip().splitlines()) == 1 and "while starting" in err, err

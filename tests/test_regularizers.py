@@ -1,8 +1,17 @@
-"""Penalties: the right values, the right gradients, the right parameters."""
+"""Penalties: the right values, the right gradients, the right parameters; the λ's and the recipe are the ones
+the validation split chose."""
+import json
+import os
+from dataclasses import asdict
+
 import torch
 
+import regularizers
+import rules
+from config import Config
+from conftest import ROOT
 from model import Net
-from regularizers import VARIANTS, penalized, penalty
+from regularizers import VARIANTS, Variant, penalized, penalty
 
 
 def test_penalty_values_match_a_float64_hand_computation():
@@ -34,7 +43,7 @@ def test_penalty_covers_conv_weights_only():
     assert sum(p.numel() for p in penalized(net)) == 8286 - 2 * (10 + 16 + 16 + 16 + 10 + 10)
 
 
-def test_variant_table():
+def test_variants_differ_only_where_their_names_say():
     """The four variants of the study (and the Ghost BN pair) differ only where their names say."""
     assert {"none", "l1", "l2", "l1l2", "gbn", "gbn_l1l2"} <= set(VARIANTS)
     v = VARIANTS
@@ -43,3 +52,13 @@ def test_variant_table():
     assert v["l2"].l2 > 0 and v["l2"].l1 == 0
     assert (v["l1l2"].l1, v["l1l2"].l2) == (v["l1"].l1, v["l2"].l2)
     assert v["gbn"].norm == "gbn" and (v["gbn_l1l2"].l1, v["gbn_l1l2"].l2) == (v["l1l2"].l1, v["l1l2"].l2)
+
+
+def test_the_defaults_and_the_lambdas_are_what_recipe_json_chose():
+    """Config's defaults are the recipe that results/recipe.json chose on the validation split, and the variant
+    table's λ's are its λ's: changing either by hand fails here."""
+    recipe = json.load(open(os.path.join(ROOT, "results", "recipe.json")))
+    chosen = next(c for c in recipe["candidates"] if c["name"] == recipe["chosen"])["config"]
+    assert rules.differences(asdict(Config()), chosen, ignore=("val",)) == []
+    assert (regularizers.L1, regularizers.L2) == (recipe["lambdas"]["l1"], recipe["lambdas"]["l2"])
+    assert VARIANTS["l1l2"] == Variant(l1=recipe["lambdas"]["l1"], l2=recipe["lambdas"]["l2"])

@@ -373,41 +373,14 @@ def test_a_validation_run_among_test_runs_is_refused(run_train, tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# schema 2 -> 3
+# schemas
 
-def schema2(folder, res):
-    """res written back as schema 2 wrote it: checkpoints named relative to the repository root."""
-    for run in res["runs"]:
-        run["checkpoint"] = os.path.relpath(os.path.join(str(folder), run["checkpoint"]), results.REPO)
-    res["schema"] = 2
-    res.pop("migrated_from_schema", None)
-    (folder / f"{res['config']['name']}.json").write_text(json.dumps(res))
-    return res
-
-
-def test_a_schema_2_file_says_to_migrate(run_train, tmp_path):
-    """Loading a schema-2 file is a ResultsError that gives the command to migrate its folder."""
+def test_another_schema_is_refused(run_train, tmp_path):
+    """A file of schema 2 (checkpoints named relative to the repository) is a ResultsError naming both schemas."""
     _, res = run_train("--variant", "l1", *FAST, name="l1")
-    schema2(tmp_path, res)
-    with pytest.raises(results.ResultsError, match=rf"schema 2, .*`python results.py migrate {tmp_path}`"):
+    (tmp_path / "l1.json").write_text(json.dumps(res | {"schema": 2}))
+    with pytest.raises(results.ResultsError, match=r"schema 2, this code reads schema 3; move it away"):
         results.load(str(tmp_path / "l1.json"))
-
-
-def test_migrate_names_checkpoints_by_their_basename(run_train, tmp_path, capsys):
-    """`results.py migrate` rewrites a schema-2 file's repository-relative checkpoint as a name in the JSON's own
-    folder, records the step, and the file then loads with everything else unchanged."""
-    _, res = run_train("--variant", "l1", *FAST, "--seeds", "0,1", name="l1")
-    old = schema2(tmp_path, json.loads(json.dumps(res)))
-    assert all(os.sep in run["checkpoint"] for run in old["runs"]), [r["checkpoint"] for r in old["runs"]]
-    capsys.readouterr()
-    results.main(["migrate", str(tmp_path)])
-    assert capsys.readouterr().out.strip() == f"migrated {tmp_path / 'l1.json'}"
-    new = results.load(str(tmp_path / "l1.json"))
-    assert [run["checkpoint"] for run in new["runs"]] == [run["checkpoint"] for run in res["runs"]]
-    assert new["migrated_from_schema"]["schema"] == 2
-    assert {k: v for k, v in new.items() if k not in ("runs", "migrated_from_schema")} == \
-        {k: v for k, v in res.items() if k != "runs"}
-    assert all(os.path.isfile(checkpoint(tmp_path, run)) for run in new["runs"])
 
 
 # -----------------------------------------------------------------------------

@@ -201,7 +201,7 @@ def test_test_numbers_are_the_checkpoints(run_train, tmp_path, mnist):
     assert run["near_zero_fraction"] == pytest.approx(small / sum(w.numel() for w in convs.values()), rel=1e-12)
 
 
-def test_env_is_true(run_train, capsys):
+def test_env_records_the_device_pack_and_determinism_that_ran(run_train, capsys):
     """env: deterministic on, the device and pack size that ran; one seed prints without a ± (no spread)."""
     code, res = run_train("--variant", "l1", "--epochs", "1", "--test-limit", "160", *FP32, name="l1")
     out = capsys.readouterr().out

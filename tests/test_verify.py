@@ -9,7 +9,6 @@ import subprocess
 import pytest
 import torch
 
-import plot
 import verify
 from conftest import DATA, FP32, ROOT, checkpoint, one_line_error
 
@@ -174,20 +173,6 @@ def test_missing_data_folder_is_refused(two_seeds, capsys):
     err = one_line_error(capsys)
     assert e.value.code == 2 and "not a directory" in err, err
     assert not (folder / "nodata").exists()
-
-
-def test_plot_verify_is_verify(two_seeds, capsys):
-    """`plot.py --verify` (the old command line) runs verify.py: it passes a real run and fails an edited one."""
-    folder, res = two_seeds
-    capsys.readouterr()
-    plot.main(["--verify", "--results", str(folder), "--data", DATA])
-    assert "all 2 checkpoints" in capsys.readouterr().out
-    edit_pred(res)
-    (folder / "none.json").write_text(json.dumps(res))
-    with pytest.raises(SystemExit) as e:
-        plot.main(["--verify", "--results", str(folder), "--data", DATA])
-    out, err = capsys.readouterr()
-    assert e.value.code == 1 and "1 of 2 checkpoints" in err and "MISCLASSIFIED LIST DIFFERS" in out, (out, err)
 
 
 def test_make_plots_verifies_before_it_publishes():
