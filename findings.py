@@ -13,6 +13,7 @@ import numpy as np
 import results
 import rules
 import stats
+from config import Config
 
 def fmt_p(p):
     return "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
@@ -98,7 +99,6 @@ def blocks(found, study, choice):
 
 def recipe():
     """The recipe bullet, from Config's defaults (which a test ties to what results/recipe.json chose)."""
-    from config import Config
     c = Config()
     momentum = (f"momentum cycled {c.momentum_range[1]:g} -> {c.momentum_range[0]:g} -> {c.momentum_range[1]:g}"
                 if c.cycle_momentum else f"momentum {c.momentum:g}")

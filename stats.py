@@ -6,7 +6,7 @@ import numpy as np
 import scipy.stats
 import torch
 
-from rules import AIM, ALPHA, BASE, EXPERIMENT, differences, verdict
+from rules import AIM, ALPHA, BASE, EXPERIMENT, FAMILIES, differences, verdict
 
 def finals(result, key="final_test_acc"):
     """{seed: final value} of the runs that did not diverge; key "final_test_loss" is the last epoch's test_loss."""
@@ -195,7 +195,6 @@ def datasize_rows(study, base=BASE, families=("datasize_acc", "datasize_loss")):
     """study: {N: {variant: result}} -> [{size, variant, acc/loss: mean, min, max, and the paired difference from
     base with its 95% interval (diff, lo, hi; None for base), its p, Holm-adjusted p over every size and variant of
     the family (rules.FAMILIES) and verdict}], sizes ascending."""
-    from rules import FAMILIES
     rows, diffs = [], {"acc": {}, "loss": {}}
     for size, found in sorted(study.items()):
         for name, r in found.items():
