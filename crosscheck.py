@@ -32,7 +32,7 @@ NOT_FIXED = {"compile"}  # train.py falls back to eager where no compiler works,
 def penalty_problem(cfg, run, weights):
     """None if the λ's of cfg, applied to the final conv weights, give about the penalty recorded for the last
     epoch; else what differs. Nothing ties a hand-edited λ to the weights but this."""
-    mask = regularizers.layer_mask((rules.ADDED | cfg)["penalized"])  # conv1..conv9, or the classifier alone
+    mask = regularizers.layer_mask(rules.with_defaults(cfg)["penalized"])  # conv1..conv9, or the classifier alone
     convs = [w.double() for w, penalised in zip((w for w in weights.values() if w.dim() == 4), mask) if penalised]
     l1, l2 = cfg["l1"], cfg["l2"]
     mine = l1 * sum(w.abs().sum().item() for w in convs) + l2 * sum(w.pow(2).sum().item() for w in convs)

@@ -223,7 +223,7 @@ def epochs_csv(found, study):
     out.writerow(CSV_RUN + CSV_EPOCH + [f"norm_{k}" for k in CSV_NORMS])
     for label, folder in [("main", found)] + [("datasize", study[n]) for n in sorted(study)]:
         for name, r in folder.items():
-            cfg = rules.ADDED | r["config"]  # the main study's files predate train_subset and steps
+            cfg = rules.with_defaults(r["config"])  # the main study's files predate train_subset and steps
             size = cfg["train_subset"] or cfg["train_limit"] or (50000 if cfg["val"] else 60000)
             for run in r["runs"]:
                 head = [label, "validation" if cfg["val"] else "test", size, r["variant"], name, run["seed"],

@@ -2,13 +2,15 @@
 λ's are chosen on the validation split. Plain values in, plain values out; results.py reads and writes the files.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+
+from regularizers import Variant
 
 # config keys that say where a run was written or which seeds it holds, not what was computed,
 # or how it was evaluated or packed (both change only the last bits of float sums: equally valid runs)
 NOT_COMPARED = {"seeds", "device", "data", "out", "name", "eval_batch_size", "packed"}
-# keys that may differ between two variants being compared: the penalty and the norm are the experiment
-EXPERIMENT = {"variant", "l1", "l2", "norm", "penalized", "match_norms"}
+# keys that may differ between two variants being compared: the variant's own fields (a row of the variant table)
+EXPERIMENT = {"variant"} | {f.name for f in fields(Variant)}
 
 TIE = 0.05                            # points of mean validation accuracy within which two choices are tied
 TARGETS = {"bn": 99.45, "gbn": 99.40}  # the study's aim for the five-seed mean at the final epoch, by norm
@@ -128,13 +130,16 @@ def check_seeds(validation, test):
         raise ValueError(f"seeds {sorted((set(validation) | set(test)) & SEEDS_USED)} were used by an earlier study")
 
 
-# config keys added after the first results were written; a file without them ran with these values
-ADDED = {"train_subset": 0, "steps": 0, "penalized": "all", "match_norms": ""}
+def with_defaults(config):
+    """config with Config's default for every key it lacks: a key added after a file was written has, by the rule
+    every new field follows, the default that computes what the code computed before it existed."""
+    from config import Config  # config -> results -> this module: imported when first needed
+    return asdict(Config()) | config
 
 
 def comparable(config):
     """The part of a config that decides the numbers: two runs with equal parts may share a results file."""
-    return {k: v for k, v in (ADDED | config).items() if k not in NOT_COMPARED}
+    return {k: v for k, v in with_defaults(config).items() if k not in NOT_COMPARED}
 
 
 def differences(a, b, ignore=()):

@@ -559,3 +559,17 @@ def test_overwrite_keeps_the_checkpoints_another_json_names(run_train, tmp_path)
     assert code == 0 and new["runs"][0]["checkpoint"] != old["runs"][0]["checkpoint"]
     assert os.path.exists(checkpoint(tmp_path, old["runs"][0])), "the copy's checkpoint was deleted"
     assert results.load(str(tmp_path / "l1-backup.json")) and results.load(str(tmp_path / "l1.json"))
+
+
+def test_a_new_config_field_with_a_default_keeps_old_files_comparable(monkeypatch):
+    """A Config field added after a file was written is read at its default: the committed none.json still compares
+    equal to what train.py writes today, and a file that recorded another value for the new field does not."""
+    import dataclasses
+    import config
+    import rules
+    base = dataclasses.make_dataclass("Config", [("wd", float, 0.0)], bases=(config.Config,))
+    monkeypatch.setattr(config, "Config", base)
+    old = json.load(open(os.path.join(results.REPO, "results", "none.json")))["config"]
+    now = dataclasses.asdict(base(**{k: v for k, v in old.items() if k in {f.name for f in dataclasses.fields(base)}}))
+    assert "wd" not in old and rules.differences(old, now) == []
+    assert rules.differences(old, now | {"wd": 0.1}) == ["wd (0.0 -> 0.1)"]
