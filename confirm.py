@@ -29,6 +29,7 @@ import loop
 import regularizers
 import results
 import rules
+import stats
 from config import Config
 from program import Stop
 
@@ -180,6 +181,39 @@ def run(studies, folder, extra):
         why = f"was killed by {signal.Signals(-bad[0]).name}" if bad[0] < 0 else f"exited {bad[0]}"
         raise Stop(128 - bad[0] if bad[0] < 0 else bad[0], f"a train.py {why}; the study stops here (what finished "
                                                             f"is kept; the same command continues)")
+
+
+# -----------------------------------------------------------------------------
+# the reading: the plan's families on its runs, and no verdict before every seed of the plan is in
+
+def reading(folder):
+    """{study: {"done", "total", "variants": {name: summary line}, "contrasts", "decision"}} from the committed plan
+    and its runs; contrasts and decision are None until the study is complete. None where there is no plan."""
+    path = os.path.join(folder, "confirm", "plan.json")
+    if not os.path.exists(path):
+        return None
+    p, out = results.read_json(path, "restore it (git checkout)"), {}
+    for study, key in (("main", "family"), ("mechanism", "primary")):
+        s = p[study]
+        where = os.path.join(folder, s["folder"])
+        found = results.load_folder(where) if results.result_paths(where) else {}
+        done = {v: sorted(stats.finals(found[v])) if v in found else [] for v in s["variants"]}
+        entry = {"done": sum(map(len, done.values())), "total": len(s["variants"]) * len(s["seeds"]),
+                 "variants": {v: stats.describe(found[v]["summary"]) for v in found}, "contrasts": None,
+                 "secondary": None, "decision": None, "found": found}
+        if entry["done"] == entry["total"]:
+            entry["contrasts"] = family(found, s[key])
+            if study == "mechanism":
+                entry["secondary"] = family(found, s["secondary"])
+                entry["decision"] = rules.mechanism_decision({k: c["verdict"] for k, c in entry["contrasts"].items()})
+        out[study] = entry
+    return out
+
+
+def family(found, spec):
+    """The plan's family on the runs: {(variant, base): stats.family entry}."""
+    diffs = {(a, b): stats.paired(found[a], found[b], spec["measure"])[1] for a, b in spec["contrasts"]}
+    return stats.family(diffs, spec["margin"], spec["better"], base_of=lambda k: k[1])
 
 
 def main(argv=None):

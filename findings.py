@@ -86,7 +86,7 @@ def fill(text, blocks):
     return BLOCK.sub(lambda m: m.group(1) + blocks[m.group(2)] + m.group(4), text)
 
 
-def blocks(found, study, choice):
+def blocks(found, study, choice, settled=None):
     """{block name: markdown text ending in a newline} for the README."""
     cs = contrasts(stats.pairs(found))
     out = {"answer": answer(found, cs), "findings": main_findings(found, cs), "recipe": recipe()}
@@ -94,7 +94,24 @@ def blocks(found, study, choice):
         rows = stats.datasize_rows(study)
         out["datasize"] = "\n".join(datasize_findings(rows)) + "\n"
         out["datasize-lambdas"] = "\n".join(lambda_notes(choice)) + "\n" if choice else "–\n"
+    if settled:
+        out["confirm"] = confirmed(settled)
     return out
+
+
+def confirmed(settled):
+    """The confirmatory study in the plan's words: what is in, and each verdict once its study is complete."""
+    lines = []
+    for study, title in (("main", "Main replication"), ("mechanism", "Mechanism control")):
+        s = settled[study]
+        if s["contrasts"] is None:
+            lines.append(f"- **{title}:** {s['done']} of {s['total']} runs are in; no verdict until all are.")
+            continue
+        d = ".2f" if study == "main" else ".4f"  # accuracy points; loss
+        said = "; ".join(f"`{a}` {c['verdict']} ({c['mean']:+{d}} [{c['lo']:+{d}}, {c['hi']:+{d}}], Holm p "
+                         f"{fmt_p(c['p_holm'])})" for (a, _), c in s["contrasts"].items())
+        lines.append(f"- **{title}:** {said}." + (f" The plan's decision: **{s['decision']}**." if s["decision"] else ""))
+    return "\n".join(lines) + "\n"
 
 
 def recipe():

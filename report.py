@@ -18,6 +18,7 @@ import sys
 import numpy as np
 
 import cli
+import confirm
 import findings
 import results
 import rules
@@ -145,7 +146,10 @@ def write(folder, readme=None):
     text = report(found, results.load_recipe(folder))
     if study:
         text += "\n".join(datasize_section(stats.datasize_rows(study), choice))
-    files = {"REPORT.md": text.encode(), "epochs.csv": epochs_csv(found, study)}
+    settled = confirm.reading(folder)
+    if settled:
+        text += "\n".join(confirm_section(settled))
+    files = {"REPORT.md": text.encode(), "epochs.csv": epochs_csv(found, study, settled)}
     written = results.write_files(folder, files)
     sweep = os.path.join(folder, "sweep")
     if glob.glob(os.path.join(glob.escape(sweep), "*.json")):
@@ -154,7 +158,7 @@ def write(folder, readme=None):
     if readme:
         with open(readme) as f:
             old = f.read()
-        new = findings.fill(old, findings.blocks(found, study, choice))
+        new = findings.fill(old, findings.blocks(found, study, choice, settled))
         if new != old:
             results.write_bytes(readme, new.encode())
             written.append(readme)
@@ -208,6 +212,40 @@ def family_entry(row, key):
 
 
 # -----------------------------------------------------------------------------
+# the confirmatory study
+
+def confirm_section(settled):
+    """REPORT.md's section on the confirmatory study: per study what is in, and once every seed of the plan is,
+    its families' contrasts with the plan's verdicts (and the mechanism's decision)."""
+    lines = ["", "## The confirmatory study", "", "Every rule below was committed in `confirm/plan.json` before the "
+             "first run (`git log results/confirm`); seeds are fresh. A study's contrasts are read only once every "
+             "seed of its plan is in.", ""]
+    for study, title in (("main", "Main replication: 60,000 images, 15 epochs"),
+                         ("mechanism", "Mechanism control: 1,000 images, 9,375 steps")):
+        s = settled[study]
+        lines += [f"### {title}", "", f"{s['done']} of {s['total']} runs are in.", ""]
+        if s["found"]:
+            lines += ["| variant | final test acc | final test loss (mean) | seeds below 99.40 |", "|---|---|---|---|"]
+        for name, r in s["found"].items():
+            losses = list(stats.finals(r, "final_test_loss").values())
+            below = [seed for seed, a in stats.finals(r).items() if a < rules.AIM]
+            lines.append(f"| {name} | {stats.describe(r['summary'])} | {sum(losses) / len(losses):.4f} | "
+                         f"{len(below)} {below if below else ''} |")
+        lines += [""] if s["found"] else []
+        if s["contrasts"] is None:
+            lines += ["No verdict yet: the plan's family is read when every run is in.", ""]
+            continue
+        label = lambda k: f"{k[0]} − {k[1]}"
+        digits = ".4f" if study == "mechanism" else ".2f"
+        lines += [*CONTRAST_HEADER, *contrast_rows(s["contrasts"], digits, label), ""]
+        if s["secondary"]:
+            lines += ["Secondary (final test accuracy; decides nothing):", "", *CONTRAST_HEADER,
+                      *contrast_rows(s["secondary"], ".2f", label), "",
+                      f"The plan's decision: **{s['decision']}** ({rules.MECHANISM_DECISION[s['decision']]}).", ""]
+    return lines
+
+
+# -----------------------------------------------------------------------------
 # epochs.csv: one row per (study, size, variant, seed, epoch) of the verified test runs, for pandas
 
 CSV_RUN = ["study", "split", "size", "variant", "name", "seed", "l1", "l2", "norm"]
@@ -215,13 +253,15 @@ CSV_EPOCH = ["epoch", "step", "train_loss", "penalty", "train_acc", "test_loss",
 CSV_NORMS = [f"conv{i}" for i in range(1, 10)]
 
 
-def epochs_csv(found, study):
-    """The per-epoch records of the folder's runs (study "main") and the data-size runs, as CSV bytes; floats as
-    the JSON holds them; `size` is the number of training images; norm_convN is ‖w‖₂ of that convolution."""
+def epochs_csv(found, study, settled=None):
+    """The per-epoch records of the folder's runs (study "main"), the data-size runs and the confirmatory runs, as
+    CSV bytes; floats as the JSON holds them; `size` is the number of training images; norm_convN is ‖w‖₂ of that
+    convolution."""
     buf = io.StringIO()
     out = csv.writer(buf, lineterminator="\n")
     out.writerow(CSV_RUN + CSV_EPOCH + [f"norm_{k}" for k in CSV_NORMS])
-    for label, folder in [("main", found)] + [("datasize", study[n]) for n in sorted(study)]:
+    confirmed = [(f"confirm_{k}", s["found"]) for k, s in (settled or {}).items()]
+    for label, folder in [("main", found)] + [("datasize", study[n]) for n in sorted(study)] + confirmed:
         for name, r in folder.items():
             cfg = rules.with_defaults(r["config"])  # the main study's files predate train_subset and steps
             size = cfg["train_subset"] or cfg["train_limit"] or (50000 if cfg["val"] else 60000)

@@ -2,6 +2,7 @@
 a run starts, and fixes every argument of every pack; the mechanism decision follows the plan's words."""
 import json
 import os
+import random
 import shutil
 import subprocess
 
@@ -124,3 +125,39 @@ def test_two_packs_that_write_one_file_never_run_at_once(folder, monkeypatch):
     confirm.run(["mechanism", "main"], str(folder), [])
     mech = [i for i, (_, v, _) in enumerate(log) if v.startswith("none,l2")]
     assert len(mech) == 2 and log[1][1] == "none" and "none,l2,none_normmatch,l2_conv9" not in log[mech[1]][2], log
+
+
+def fill(folder, where, arms, seeds, mnist, loss=None, acc=lambda v, s: 99.45):
+    """Synthetic finished runs of each arm {name: config} on seeds; loss(name, seed) sets the final test loss."""
+    from conftest import make_result
+    os.makedirs(folder / where, exist_ok=True)
+    for name, cfg in arms.items():
+        make_result(folder / where, name, {s: acc(name, s) for s in seeds}, mnist, **cfg)
+        if loss:
+            path = folder / where / f"{name}.json"
+            r = json.loads(path.read_text())
+            for run in r["runs"]:
+                run["epochs"][-1]["test_loss"] = loss(name, run["seed"])
+            path.write_text(json.dumps(r))
+
+
+def test_the_reading_waits_for_every_seed_then_speaks_the_plans_words(folder, mnist):
+    """With one seed missing there is no verdict; complete, the mechanism arms whose losses follow l2's effective
+    step give "the effective learning rate", and the main family equal within ±0.05 where the 90% interval is."""
+    confirm.main(["plan", "--results", str(folder)])
+    mech = {"none": {}, "l2": {"l2": 1e-3}, "none_normmatch": {"match_norms": "l2"},
+            "l2_conv9": {"l2": 1e-3, "penalized": "conv9"}}
+    wobble = lambda n, s: random.Random(f"{n}{s}").gauss(0, 0.002)  # each arm's own noise per seed
+    effect = {"none": 0.100, "l2": 0.066, "none_normmatch": 0.067, "l2_conv9": 0.099}
+    fill(folder, "confirm/n1000", mech, range(200, 209), mnist, loss=lambda n, s: effect[n] + wobble(n, s))
+    assert confirm.reading(str(folder))["mechanism"]["contrasts"] is None
+    fill(folder, "confirm/n1000", mech, range(200, 210), mnist, loss=lambda n, s: effect[n] + wobble(n, s))
+    m = confirm.reading(str(folder))["mechanism"]
+    assert m["done"] == m["total"] == 40 and m["decision"] == "the effective learning rate", m["contrasts"]
+    assert m["contrasts"][("l2", "none")]["verdict"] == "beats none"
+    assert m["contrasts"][("none_normmatch", "l2")]["verdict"] == "is equal to l2 within ±0.012"
+    main = {"none": {}, "l1": {"l1": 3e-5}, "l2": {"l2": 3e-4}, "l1l2": {"l1": 3e-5, "l2": 3e-4}}
+    fill(folder, "confirm/main", main, range(100, 120), mnist, acc=lambda n, s: [99.4, 99.45, 99.5, 99.55][(s * 3 + len(n) * 5) % 4])
+    c = confirm.reading(str(folder))["main"]["contrasts"]
+    assert sorted(c) == [("l1", "none"), ("l1l2", "none"), ("l2", "none")]
+    assert all(v["verdict"] in ("is equal to none within ±0.05", "is not distinguishable from none") for v in c.values())
