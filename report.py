@@ -138,6 +138,14 @@ def selection(recipe):
     return lines
 
 
+def readme_blocks(folder):
+    """The README's generated blocks from the verified results under folder (what `make plots` writes)."""
+    study = results.load_datasize(folder)
+    return findings.blocks(results.load_folder(folder), study,
+                           results.load_choice(os.path.join(folder, "datasize")) if study else None,
+                           confirm.reading(folder))
+
+
 def write(folder, readme=None):
     """REPORT.md, epochs.csv, sweep.json where folder/sweep/ holds the λ sweep, and with readme the README's
     generated blocks: the paths written."""
@@ -158,7 +166,7 @@ def write(folder, readme=None):
     if readme:
         with open(readme) as f:
             old = f.read()
-        new = findings.fill(old, findings.blocks(found, study, choice, settled))
+        new = findings.fill(old, readme_blocks(folder))
         if new != old:
             results.write_bytes(readme, new.encode())
             written.append(readme)

@@ -93,8 +93,7 @@ def test_step_ratio_by_hand(tmp_path, mnist):
 # the README and epochs.csv
 
 def committed_blocks():
-    found, study = results.load_folder(RESULTS), results.load_datasize(RESULTS)
-    return findings.blocks(found, study, results.load_choice(os.path.join(RESULTS, "datasize")))
+    return report.readme_blocks(RESULTS)
 
 
 def test_the_readme_states_what_the_committed_results_give():
