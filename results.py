@@ -32,7 +32,7 @@ import stats
 REPO = os.path.dirname(os.path.abspath(__file__))
 SCHEMA = 3
 # names a results folder keeps for itself: a run called so would collide with them
-RESERVED = {"recipe", "sweep", "choice", "summary", "benchmark", "benchmark-gpu", "state", "REPORT"}
+RESERVED = {"recipe", "sweep", "choice", "plan", "summary", "benchmark", "benchmark-gpu", "state", "REPORT"}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,99}")  # no '@', ',' or '+': they separate members in state names
 
 

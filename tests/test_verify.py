@@ -9,6 +9,7 @@ import subprocess
 import pytest
 import torch
 
+import results
 import verify
 from conftest import DATA, FP32, ROOT, checkpoint, one_line_error
 
@@ -183,3 +184,9 @@ def test_make_plots_verifies_before_it_publishes():
     at = {script: next((i for i, line in enumerate(lines) if f" {script} " in f" {line} "), None)
           for script in ("verify.py", "plot.py", "report.py")}
     assert None not in at.values() and at["verify.py"] < at["plot.py"] < at["report.py"], r.stdout
+
+
+def test_the_committed_plan_is_not_taken_for_a_results_file():
+    """results/confirm/plan.json is the plan, not a run: the readers pass over it (a reserved name)."""
+    assert results.check_name("plan") is not None
+    assert results.result_paths(os.path.join(ROOT, "results", "confirm")) == []
