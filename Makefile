@@ -42,14 +42,9 @@ help:
 ## all: set up, fetch MNIST, train every variant, render the figures and REPORT.md
 all: data
 	@echo "make all: $(words $(VARIANTS)) variants x seeds $(SEEDS) x $(EPOCHS) epochs into $(RESULTS)/ (seeds already there" \
-	      "with the same config are kept); on 2 CPU cores expect up to" \
-	      "$$(( $(EPOCHS) * $(words $(subst $(comma), ,$(SEEDS))) * (4 * $(S_BN) + 2 * $(S_GBN)) / 60 )) min" \
-	      "(measured, seeds packed: ~$(S_BN) s per model-epoch with BatchNorm, ~$(S_GBN) s with Ghost BN)"
+	      "with the same config are kept); each variant's train.py prints its own time estimate"
 	@for v in $(VARIANTS); do $(MAKE) --no-print-directory $$v || exit 1; done
 	$(MAKE) --no-print-directory plots
-comma := ,
-S_BN  := 15
-S_GBN := 23
 
 # the venv is built once from the pinned requirements; the stamp makes it an order-only prerequisite
 .venv/ok: requirements.txt

@@ -21,9 +21,9 @@ def run_tool(p, args, job):
     file (exit 2), a write that fails (1), Ctrl-C (130); files are replaced whole, so none is left half-written."""
     if not os.path.isdir(args.results):
         p.exit(2, f"{p.prog}: error: --results {args.results} is not a directory\n")
-    if getattr(args, "data", data.DEFAULT_ROOT) != data.DEFAULT_ROOT and not os.path.isdir(args.data):
-        p.exit(2, f"{p.prog}: error: --data {args.data} is not a directory; run `python data.py --data {args.data}` "
-                  f"to fetch MNIST there\n")  # a typo must not download MNIST into a new folder
+    missing = data.missing_folder(getattr(args, "data", data.DEFAULT_ROOT), data.DEFAULT_ROOT)
+    if missing:
+        p.exit(2, f"{p.prog}: error: {missing}\n")
     program.ready()  # Ctrl-C from here is a KeyboardInterrupt, caught below
     try:
         results.refuse_links(args.results)

@@ -22,6 +22,14 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ROOT = os.path.join(REPO, "data")  # the repository's data/, wherever a script is started from
 
+
+def missing_folder(path, default):
+    """Why a --data folder cannot be used, or None: any folder but the default must exist, so that a typo never
+    starts a download into a new folder."""
+    if path != default and not os.path.isdir(path):
+        return f"--data {path} is not a directory; run `python data.py --data {path}` to fetch MNIST there"
+    return None
+
 # SHA-256 of the *uncompressed* official IDX files (gzip bytes differ between compressors, content does not).
 # Checked once against known facts before pinning: first train labels 5 0 4 1 9 2 1 3 1 4, first test labels
 # 7 2 1 0 4 1 4 9 5 9, train class counts 5923 6742 5958 6131 5842 5421 5918 6265 5851 5949 (tests re-check them).

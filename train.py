@@ -56,8 +56,8 @@ def load_split(cfg, digests):
     """(train_x, train_y, eval_x, eval_y) uint8 on the device: the test set, or with --val the last 10k training
     images (the test set is then never read into the split)."""
     root = in_repo(cfg.data, Config.data)
-    if not os.path.isdir(root) and cfg.data != Config.data:  # a typo must not start a download into a new folder
-        raise ValueError(f"--data {cfg.data} is not a directory; run `python data.py --data {cfg.data}` to fetch MNIST there")
+    if data.missing_folder(cfg.data, Config.data):
+        raise ValueError(data.missing_folder(cfg.data, Config.data))
     train_x, train_y, test_x, test_y = data.load_mnist(root, log=tqdm.write, digests=digests)
     if cfg.val:
         train_x, train_y, test_x, test_y = train_x[:50000], train_y[:50000], train_x[50000:], train_y[50000:]
