@@ -141,8 +141,10 @@ def spawn(args, env):
 
 def run(studies, folder, extra):
     """Every pack of the studies not yet done, LAYOUT["processes"] train.py at a time with LAYOUT["threads"] each,
-    in the plan's order; two packs that write the same results file never run at once (train.py locks it).
-    Ctrl-C reaches every train.py (each keeps its finished epochs); a SIGTERM here is passed on to them."""
+    in the plan's order; two packs that write the same results file never run at once (train.py locks it). A pack
+    another process is training (its files' locks are held: another confirm.py, or a train.py left running) takes
+    a place too, and is skipped once it is done. Ctrl-C reaches every train.py (each keeps its finished epochs); a
+    SIGTERM here is passed on to them."""
     p = committed_plan(folder)
     todo = [pack for study in studies for pack in packs(study, p, folder) if not done(*pack[1:])]
     env = dict(os.environ, OMP_NUM_THREADS=str(p["layout"]["threads"]))
@@ -153,8 +155,14 @@ def run(studies, folder, extra):
                proc.send_signal(signal.SIGTERM) or proc for proc, _ in running))}
     try:
         while todo or running:
-            while len(running) < p["layout"]["processes"] and not termed and not any(codes):
-                free = [pk for pk in todo if not any(files(pk) & files(other) for _, other in running)]
+            while not termed and not any(codes):
+                elsewhere = [pk for pk in todo if any(results.busy(out, name) for out, name in files(pk))]
+                # packs that write the same files are one process elsewhere (each file has one writer at a time)
+                if len(running) + len({frozenset(files(pk)) for pk in elsewhere}) >= p["layout"]["processes"]:
+                    break
+                todo = [pk for pk in todo if pk in elsewhere or not done(*pk[1:])]
+                taken = [other for _, other in running] + elsewhere
+                free = [pk for pk in todo if not any(files(pk) & files(other) for other in taken)]
                 if not free:
                     break
                 pack = free[0]
@@ -171,6 +179,8 @@ def run(studies, folder, extra):
                     codes.append(proc.returncode)
             if (termed or any(codes)) and not running:
                 break
+            if not running and todo and all(any(results.busy(o, n) for o, n in files(pk)) for pk in todo):
+                time.sleep(30)  # only packs that another process trains: wait for them
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)

@@ -149,6 +149,20 @@ def checkpoint_owner(path):
     return head if tail.split("-")[0].isdigit() else None
 
 
+def busy(folder, name):
+    """Whether another process holds the lock of <folder>/<name>.json now (a train.py is writing it)."""
+    path = os.path.join(folder, f"{name}.lock")
+    if not os.path.exists(path):
+        return False
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return False
+
+
 @contextlib.contextmanager
 def locked(folder, names):
     """An exclusive flock on <folder>/<name>.lock for each name while one train.py writes <name>.json; all are

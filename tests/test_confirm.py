@@ -161,3 +161,38 @@ def test_the_reading_waits_for_every_seed_then_speaks_the_plans_words(folder, mn
     c = confirm.reading(str(folder))["main"]["contrasts"]
     assert sorted(c) == [("l1", "none"), ("l1l2", "none"), ("l2", "none")]
     assert all(v["verdict"] in ("is equal to none within ±0.05", "is not distinguishable from none") for v in c.values())
+
+
+def test_a_pack_another_process_trains_takes_a_place_and_is_not_started(folder, monkeypatch):
+    """While another process holds none.json's lock in the main study, a second confirm.py starts one pack beside it
+    (not two), never a none pack, and starts the none packs once the lock is free."""
+    import fcntl
+    monkeypatch.setattr(confirm, "committed_plan", lambda f: confirm.plan(f))
+    main = folder / "confirm" / "main"
+    os.makedirs(main)
+    lock = open(main / "none.lock", "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    started, live = [], []
+
+    class Proc:
+        returncode = 0
+
+        def __init__(self, args):
+            started.append((args[1], len(live)))
+            live.append(self)
+            self.polls = 0
+
+        def poll(self):
+            self.polls += 1
+            if self.polls == 2 and len(started) == 1:
+                lock.close()  # the other process ends while our first pack runs
+            if self.polls < 3:
+                return None
+            live.remove(self)
+            return 0
+    monkeypatch.setattr(confirm, "spawn", lambda args, env: Proc(args))
+    monkeypatch.setattr(confirm.time, "sleep", lambda s: None)
+    confirm.run(["main"], str(folder), [])
+    assert started[0] == ("l1", 0), started
+    assert started[1][0] == "none" and all(n <= 1 for _, n in started), started
+    assert sorted(v for v, _ in started) == sorted(["none", "l1", "l2", "l1l2"] * 4)
