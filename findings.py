@@ -176,7 +176,7 @@ def main_findings(found, cs):
         lines.append(f"- **L1 sparsifies:** {nz['l1']:.1f}% of `l1`'s convolution weights end below "
                      f"{100 * 0.01:.0f}% of their layer's largest |w|, {nz[rules.BASE]:.1f}% without a penalty and "
                      f"{nz['l2']:.1f}% with L2 ([weights.png](results/weights.png)); in accuracy `l1` "
-                     f"{cs['l1']['verdict']} `{rules.BASE}`.")
+                     f"{cs['l1']['verdict']}.")
     if "gbn" in found:
         std = {n: r["summary"]["final_test_acc_std"] for n, r in found.items()}
         secs = {n: np.median([e["seconds"] for run in stats.ok_runs(r) for e in run["epochs"]]) for n, r in found.items()}
