@@ -100,8 +100,10 @@ def blocks(found, study, choice, settled=None):
 
 
 def confirmed(settled):
-    """The confirmatory study in the plan's words: what is in, and each verdict once its study is complete."""
-    lines = []
+    """The confirmatory study in the plan's words: what is in, and each verdict once its study is complete (with
+    confirm.png, which plot.py draws from the same complete studies)."""
+    complete = any(s["contrasts"] for s in settled.values())
+    lines = ["![confirm](results/confirm.png)", ""] if complete else []
     for study, title in (("main", "Main replication"), ("mechanism", "Mechanism control")):
         s = settled[study]
         if s["contrasts"] is None:

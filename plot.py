@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import cli
+import confirm
 import data
 import results
 import rules
@@ -276,6 +277,46 @@ def plot_datasize(rows):
     return png(fig)
 
 
+def plot_confirm(settled):
+    """The confirmatory study, once a study is complete: each contrast of its plan's family with its 95% interval
+    and the equivalence band; for the mechanism control, the four arms' test loss over the step budget. None while
+    neither study is complete (no contrast is drawn before every seed of the plan is in)."""
+    done = [k for k in ("main", "mechanism") if settled[k]["contrasts"]]
+    if not done:
+        return None
+    panels = {"main": 1, "mechanism": 2}
+    fig, axes = plt.subplots(1, sum(panels[k] for k in done), figsize=(6.2 * sum(panels[k] for k in done), 4.8),
+                             squeeze=False)
+    axes, margins = list(axes[0]), {"main": rules.CONFIRM_MARGIN, "mechanism": rules.MECHANISM_MARGIN}
+    for study in done:
+        s, ax = settled[study], axes.pop(0)
+        if study == "mechanism":  # the arms' curves first: what the contrasts summarise
+            for name, r in s["found"].items():
+                x, arr = stats.curves(r, "test_loss")
+                band(ax, x, arr, name, COLORS.get(name, {"none_normmatch": "tab:brown", "l2_conv9": "tab:pink"}.get(name)))
+            ax.set(title="1,000 images: test loss per evaluation (seed mean, min-max)", xlabel="evaluation (of 15)",
+                   ylabel="test loss", yscale="log")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+            ax = axes.pop(0)
+        m = margins[study]
+        ax.axhspan(-m, m, color="gray", alpha=0.15, lw=0, label=f"equal within ±{m:g}")
+        ax.axhline(0, color="gray", lw=1)
+        for x, ((a, b), c) in enumerate(s["contrasts"].items()):
+            ax.errorbar([x], [c["mean"]], yerr=[[c["mean"] - c["lo"]], [c["hi"] - c["mean"]]], fmt="o", capsize=5,
+                        color="black" if c["reject"] else "tab:blue")
+        ax.set_xticks(range(len(s["contrasts"])), [f"{a}\n− {b}" for a, b in s["contrasts"]], fontsize=8)
+        what = "final test accuracy (points)" if study == "main" else "final test loss"
+        ax.set(title=f"{'60,000 images, 15 epochs' if study == 'main' else '1,000 images'}: {what}, 95% interval"
+                     f"\n(black: Holm rejects 0)", ylabel="difference")
+        ax.title.set_fontsize(10)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle("The confirmatory study: the plan's contrasts (results/confirm/plan.json)", fontsize=11)
+    return png(fig)
+
+
 # -----------------------------------------------------------------------------
 # main: render every figure in memory, then hand them to results.py to write
 
@@ -296,6 +337,9 @@ def render(folder, data_dir):
         figures["sweep.png"] = plot_sweep(stats.sweep_points(results.load_folder(sweep)))
     if study:
         figures["datasize.png"] = plot_datasize(stats.datasize_rows(study))
+    settled = confirm.reading(folder)
+    if settled:
+        figures["confirm.png"] = plot_confirm(settled)
     return {name: blob for name, blob in figures.items() if blob is not None}
 
 

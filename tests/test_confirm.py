@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 import confirm
+import plot
 import results
 import rules
 from conftest import ROOT
@@ -151,6 +152,7 @@ def test_the_reading_waits_for_every_seed_then_speaks_the_plans_words(folder, mn
     effect = {"none": 0.100, "l2": 0.066, "none_normmatch": 0.067, "l2_conv9": 0.099}
     fill(folder, "confirm/n1000", mech, range(200, 209), mnist, loss=lambda n, s: effect[n] + wobble(n, s))
     assert confirm.reading(str(folder))["mechanism"]["contrasts"] is None
+    assert plot.plot_confirm(confirm.reading(str(folder))) is None  # no contrast is drawn before all seeds are in
     fill(folder, "confirm/n1000", mech, range(200, 210), mnist, loss=lambda n, s: effect[n] + wobble(n, s))
     m = confirm.reading(str(folder))["mechanism"]
     assert m["done"] == m["total"] == 40 and m["decision"] == "the effective learning rate", m["contrasts"]
@@ -161,6 +163,7 @@ def test_the_reading_waits_for_every_seed_then_speaks_the_plans_words(folder, mn
     c = confirm.reading(str(folder))["main"]["contrasts"]
     assert sorted(c) == [("l1", "none"), ("l1l2", "none"), ("l2", "none")]
     assert all(v["verdict"] in ("is equal to none within ±0.05", "is not distinguishable from none") for v in c.values())
+    assert plot.plot_confirm(confirm.reading(str(folder)))[:4] == b"\x89PNG"
 
 
 def test_a_pack_another_process_trains_takes_a_place_and_is_not_started(folder, monkeypatch):
