@@ -17,7 +17,6 @@ if __name__ == "__main__":
     program.quiet_until_ready("datasize.py")  # Ctrl-C while torch imports: one line; train.py runs hold their own
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -96,16 +95,12 @@ def choose(folder, size):
 
 def choice_committed(folder, size):
     """Whether git's HEAD holds this size's entry of choice.json as it is now; None where there is no git."""
-    path = os.path.relpath(os.path.join(folder, "choice.json"), results.REPO)
+    head = results.committed(os.path.join(folder, "choice.json"))
+    if not head:
+        return head
     try:
-        r = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=results.REPO, capture_output=True, text=True)
-    except OSError:  # no git installed
-        return None
-    if r.returncode:  # no repository here, or a results folder outside it: nothing can show the order
-        return None if "not a git repository" in r.stderr or "outside repository" in r.stderr else False
-    try:
-        return json.loads(r.stdout)["sizes"].get(str(size)) == results.load_choice(folder)["sizes"][str(size)]
-    except (ValueError, KeyError, TypeError, AttributeError):  # a damaged file at HEAD: not committed
+        return head["sizes"].get(str(size)) == results.load_choice(folder)["sizes"][str(size)]
+    except (KeyError, TypeError, AttributeError):  # a damaged file at HEAD: not committed
         return False
 
 

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 
 import torch
@@ -340,6 +341,22 @@ def write_recipe(folder, order, overwrite=False):
 
 def write_sweep(folder, points):
     write_json(os.path.join(folder, "sweep.json"), {"schema": 1, "source": "results/sweep/*.json", "points": points})
+
+
+def committed(path):
+    """The JSON that git's HEAD holds at path; False where HEAD lacks it or holds no valid JSON there; None where
+    there is no git or the path lies outside the repository (then nothing can show what came first)."""
+    rel = os.path.relpath(os.path.abspath(path), REPO)
+    try:
+        r = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=REPO, capture_output=True, text=True)
+    except OSError:  # no git installed
+        return None
+    if r.returncode:
+        return None if "not a git repository" in r.stderr or "outside repository" in r.stderr else False
+    try:
+        return json.loads(r.stdout)
+    except ValueError:
+        return False
 
 
 def load_choice(folder):
