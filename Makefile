@@ -8,11 +8,6 @@ RESULTS ?= results
 VARIANTS := none l1 l2 l1l2 gbn gbn_l1l2
 # the seeds of one variant train together in one grouped-conv graph (~20% faster per model on 2 cores); PACKED= trains them one by one
 PACKED  ?= --packed
-# lambda sweep on the validation split (last 10k training images): log-spaced, wide enough to see the fall-off
-SWEEP_L1     ?= 1e-6 1e-5 1e-4 1e-3
-SWEEP_L2     ?= 1e-5 1e-4 1e-3 1e-2
-SWEEP_EPOCHS ?= 4
-SWEEP_SEEDS  ?= 0
 
 ifeq ($(shell echo '$(EPOCHS)' | grep -Ex '[1-9][0-9]*'),)
 $(error EPOCHS=$(EPOCHS) must be a positive integer, e.g. make l1 EPOCHS=15)
@@ -32,7 +27,7 @@ ifneq ($(filter $(abspath data) $(abspath data)/%,$(abspath $(RESULTS))),)
 $(error RESULTS='$(RESULTS)' is MNIST's folder data/; results go elsewhere, e.g. make l1 RESULTS=results/try)
 endif
 
-.PHONY: help all data test bench bench-gpu plots verify sweep recipe lambdas numerics datasize confirm clean $(VARIANTS)
+.PHONY: help all data test bench bench-gpu plots verify recipe lambdas numerics datasize confirm clean $(VARIANTS)
 
 ## help: list the targets
 help:
@@ -60,15 +55,6 @@ data: | .venv/ok
 $(VARIANTS): | .venv/ok
 	$(PY) model.py
 	$(PY) train.py --variant $@ --epochs $(EPOCHS) --seeds $(SEEDS) --device $(DEVICE) --out $(RESULTS) $(PACKED)
-
-## sweep: choose lambda on the validation split; writes results/sweep/, sweep.json and sweep.png
-sweep: | .venv/ok
-	$(PY) train.py --variant none --val --epochs $(SWEEP_EPOCHS) --seeds $(SWEEP_SEEDS) --device $(DEVICE) --out $(RESULTS)/sweep --name none
-	@for l in $(SWEEP_L1); do $(PY) train.py --variant l1 --l1 $$l --val --epochs $(SWEEP_EPOCHS) --seeds $(SWEEP_SEEDS) \
-	    --device $(DEVICE) --out $(RESULTS)/sweep --name l1-$$l || exit 1; done
-	@for l in $(SWEEP_L2); do $(PY) train.py --variant l2 --l2 $$l --val --epochs $(SWEEP_EPOCHS) --seeds $(SWEEP_SEEDS) \
-	    --device $(DEVICE) --out $(RESULTS)/sweep --name l2-$$l || exit 1; done
-	$(MAKE) --no-print-directory plots
 
 ## plots: verify every checkpoint, then render figures, REPORT.md, epochs.csv (and for results/ the README's blocks)
 plots: verify
@@ -110,7 +96,7 @@ RECIPE_EPOCHS ?= 15
 recipe: | .venv/ok
 	$(foreach c,$(RECIPE_CANDIDATES),$(PY) train.py --variant none --val --epochs $(RECIPE_EPOCHS) \
 	    --seeds $(RECIPE_SEEDS) --device $(DEVICE) --out $(RESULTS)/recipe --name $(c) $(RECIPE_ARGS_$(c)) &&) true
-	$(PY) results.py recipe $(RESULTS)/recipe $(RECIPE_CANDIDATES)
+	$(PY) choices.py recipe $(RESULTS)/recipe $(RECIPE_CANDIDATES)
 
 ## lambdas: re-choose lambda under the chosen recipe on the validation split, e.g. make lambdas RECIPE=nodrop
 RECIPE    ?= base
@@ -120,7 +106,7 @@ lambdas: | .venv/ok
 	$(foreach p,l1 l2,$(foreach l,$(LAMBDA_$(shell echo $(p) | tr a-z A-Z)),$(PY) train.py --variant $(p) --$(p) $(l) --val \
 	    --epochs $(RECIPE_EPOCHS) --seeds $(RECIPE_SEEDS) --device $(DEVICE) --out $(RESULTS)/recipe/lambda \
 	    --name $(p)-$(l) --packed $(RECIPE_ARGS_$(RECIPE)) &&)) true
-	$(PY) results.py recipe $(RESULTS)/recipe $(RECIPE_CANDIDATES)
+	$(PY) choices.py recipe $(RESULTS)/recipe $(RECIPE_CANDIDATES)
 
 ## datasize: the data-size study (datasize.py): per size, λ on the validation split, then 4 variants x 5 seeds; skips what is done
 datasize: | .venv/ok

@@ -2,7 +2,7 @@
 value is a one-line error and exit 2 (argparse). train.py writes asdict(Config) into every results JSON."""
 import argparse
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -168,14 +168,14 @@ def parse_args(argv=None):
             p.error(f"argument {flag}: {limit} is larger than the {n:,} images available")
     if args.steps and args.steps % args.epochs:
         p.error(f"argument --steps: {args.steps} must split into --epochs {args.epochs} equal segments")
-    fields = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "variant", "l1", "l2")}
-    fields.update(train_limit=args.train_limit or 0, test_limit=args.test_limit or 0,
+    common = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "variant", "l1", "l2")}
+    common.update(train_limit=args.train_limit or 0, test_limit=args.test_limit or 0,
                   train_subset=args.train_subset or 0, steps=args.steps or 0)
     cfgs = []
     for v in args.variant:
         lam = {key: getattr(args, key) if getattr(args, key) is not None and getattr(VARIANTS[v], key)
                else getattr(VARIANTS[v], key) for key in ("l1", "l2")}
         device = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device
-        table = {key: getattr(VARIANTS[v], key) for key in ("norm", "penalized", "match_norms")}
-        cfgs.append(Config(variant=v, **lam, **(fields | table | {"device": device, "name": args.name or v})))
+        table = {f.name: getattr(VARIANTS[v], f.name) for f in fields(VARIANTS[v]) if f.name not in lam}
+        cfgs.append(Config(variant=v, **lam, **(common | table | {"device": device, "name": args.name or v})))
     return cfgs, args, p

@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import asdict
 
+import choices
 import datasize
 import loop
 import regularizers
@@ -44,12 +45,12 @@ LAYOUT = {"processes": 2, "threads": 1}
 def plan(folder):
     """The plan's content: the arms and their fixed settings, the seeds, the families and the decision words."""
     rules.check_seeds([], SEEDS["main"] + SEEDS["mechanism"])
-    choice = results.load_choice(os.path.join(folder, "datasize"))
+    choice = choices.load_choice(os.path.join(folder, "datasize"))
     if not choice or str(N1000) not in choice["sizes"]:
         raise results.ResultsError(f"{folder}/datasize/choice.json has no λ for n{N1000}: the mechanism control "
                                    f"takes λ2 from it")
     l2_n1000 = choice["sizes"][str(N1000)]["chosen"]["l2"]
-    recipe = {k: v for k, v in asdict(Config()).items() if k not in rules.NOT_COMPARED | rules.EXPERIMENT | {"epochs"}}
+    recipe = {k: v for k, v in asdict(Config()).items() if k not in rules.NOT_COMPARED | rules.experiment() | {"epochs"}}
     family = lambda f: asdict(f) | {"contrasts": f.contrasts(), "alpha": rules.ALPHA, "correction": "Holm",
                                      "interval": "95% paired Student t (exact quantile)",
                                      "equivalence": "90% paired t-interval inside ±margin (two one-sided tests)"}
@@ -94,7 +95,7 @@ def committed_plan(folder):
     path = os.path.join(folder, "confirm", "plan.json")
     if not os.path.exists(path):
         raise Stop(2, f"no plan at {path}: run `python confirm.py plan` and commit it first")
-    have, head = results.read_json(path, "restore it (git checkout)"), results.committed(path)
+    have, head = results.read_json(path, "restore it (git checkout)"), choices.committed(path)
     rel = os.path.relpath(os.path.abspath(path), results.REPO)
     if head is None:
         print(f"note: no git here, so nothing shows that {rel} came before the runs")

@@ -15,6 +15,7 @@ import os
 import re
 from dataclasses import asdict
 
+import choices
 import config
 import confirm
 import datasize
@@ -73,7 +74,7 @@ def sizes_in(folder):
 def check_datasize(folder):
     """choice.json in folder against the validation runs it was chosen from and the test runs that used it."""
     path, problems = os.path.join(folder, "choice.json"), []
-    entries = (results.load_choice(folder) or {"sizes": {}})["sizes"]
+    entries = (choices.load_choice(folder) or {"sizes": {}})["sizes"]
     tests, vals = sizes_in(folder), sizes_in(os.path.join(folder, "val"))
     for size in sorted(tests | vals | {int(s) for s in entries if s.isdigit()}):
         if size not in datasize.SIZES:
@@ -106,14 +107,14 @@ def check_datasize(folder):
 
 def check_recipe(folder):
     """folder/recipe.json against its candidates (folder/recipe/<name>.json) and λ runs (folder/recipe/lambda/)."""
-    path, have = os.path.join(folder, "recipe.json"), results.load_recipe(folder)
+    path, have = os.path.join(folder, "recipe.json"), choices.load_recipe(folder)
     runs = os.path.join(folder, "recipe")
     names = [c["name"] for c in have["candidates"]]
     missing = [n for n in names if not os.path.exists(os.path.join(runs, f"{n}.json"))]
     if missing:
         return [f"{path}: its candidate {missing[0]} has no run in {runs}"]
     try:
-        again = results.recipe_from(runs, names)
+        again = choices.recipe_from(runs, names)
     except results.ResultsError as e:
         return [f"{path}: its runs give no recipe ({e})"]
     keys = sorted(k for k in set(again) | set(have) if again.get(k) != have.get(k) and k != "schema")  # the writer's

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 
+import choices
 import loop
 import results
 from program import Stop  # one line on stderr and an exit code
@@ -88,18 +89,18 @@ def val_paths(folder, size):
 
 
 def choose(folder, size):
-    entry = results.write_choice(folder, size, {path: results.load(path) for path in val_paths(folder, size)}, GRID)
+    entry = choices.write_choice(folder, size, {path: results.load(path) for path in val_paths(folder, size)}, GRID)
     print(f"n{size}: " + ", ".join(f"{p} = {lam:g}" for p, lam in entry["chosen"].items())
           + f" ({entry['rule']}) -> {os.path.relpath(os.path.join(folder, 'choice.json'))}")
 
 
 def choice_committed(folder, size):
     """Whether git's HEAD holds this size's entry of choice.json as it is now; None where there is no git."""
-    head = results.committed(os.path.join(folder, "choice.json"))
+    head = choices.committed(os.path.join(folder, "choice.json"))
     if not head:
         return head
     try:
-        return head["sizes"].get(str(size)) == results.load_choice(folder)["sizes"][str(size)]
+        return head["sizes"].get(str(size)) == choices.load_choice(folder)["sizes"][str(size)]
     except (KeyError, TypeError, AttributeError):  # a damaged file at HEAD: not committed
         return False
 
@@ -111,7 +112,7 @@ def test_args(choice, size):
 
 
 def run_tests(folder, size, extra=()):
-    choice = (results.load_choice(folder) or {"sizes": {}})["sizes"].get(str(size))
+    choice = (choices.load_choice(folder) or {"sizes": {}})["sizes"].get(str(size))
     if not choice:
         raise Stop(2, f"no λ chosen for n{size} in {folder}/choice.json; run `python datasize.py lambdas {size}` and "
                       f"`python datasize.py choose {size}` first")
@@ -128,7 +129,7 @@ def run_tests(folder, size, extra=()):
 
 def run_all(folder, extra):
     for size in SIZES:
-        have = results.load_choice(folder)
+        have = choices.load_choice(folder)
         if not have or str(size) not in have["sizes"]:
             search_lambdas(folder, size, extra)
             choose(folder, size)

@@ -199,11 +199,17 @@ def compiled(fn, device):
     return torch.compile(fn, dynamic=False, options={"cpp_wrapper": True} if device == "cpu" else None)
 
 
+def param_groups(net, cfg):
+    """SGD's parameter groups: one, every parameter alike. A knob that treats some parameters apart (weight decay
+    on the penalized weights only, docs/adding-a-variant.md) splits them here."""
+    return [{"params": list(net.parameters())}]
+
+
 def optimizer(net, cfg, steps_per_epoch):
     """SGD with Nesterov momentum under OneCycle (lr up for cfg.warmup of the steps, then down; momentum against it)."""
     lo, hi = cfg.momentum_range
     # foreach: one call per update for all 21 tensors instead of a Python loop over them; the same kernels, same bits
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=hi if cfg.cycle_momentum else cfg.momentum,
+    opt = torch.optim.SGD(param_groups(net, cfg), lr=cfg.lr, momentum=hi if cfg.cycle_momentum else cfg.momentum,
                           nesterov=True, foreach=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, epochs=cfg.epochs, pct_start=cfg.warmup,
                                                 steps_per_epoch=steps_per_epoch, cycle_momentum=cfg.cycle_momentum,

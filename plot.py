@@ -1,8 +1,8 @@
 """Render the study's figures from the results JSON files, as results.py hands them over; the only drawer.
 
     python plot.py [--results DIR] [--data DIR]      # part of `make plots`, after verify.py and before report.py
-writes loss.png, accuracy.png, differences.png, norms.png, weights.png, misclassified_<name>.png (and sweep.png
-when DIR/sweep/ holds validation runs) into DIR. It evaluates nothing: the misclassified digits are the JSON's
+writes loss.png, accuracy.png, differences.png, norms.png, weights.png, misclassified_<name>.png (datasize.png and
+confirm.png where DIR holds those studies) into DIR. It evaluates nothing: the misclassified digits are the JSON's
 lists, shown with the images data.py loads; verify.py checks those lists against the checkpoints.
 """
 import program
@@ -10,7 +10,6 @@ import program
 if __name__ == "__main__":
     program.quiet_until_ready("plot.py")  # Ctrl-C while torch imports: one line; cli.run_tool takes over from there
 
-import glob
 import io
 import os
 import sys
@@ -36,7 +35,6 @@ from regularizers import VARIANTS
 # a diverged run stops early: its missing epochs are NaN, and an all-NaN column is expected, not an error
 warnings.filterwarnings("ignore", "Mean of empty slice|All-NaN slice encountered", RuntimeWarning)
 COLORS = dict(zip(VARIANTS, ["black", "tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]))
-LAYERS = [f"conv{i}" for i in range(1, 10)]
 
 
 def color(result):
@@ -94,35 +92,22 @@ def plot_accuracy(found):
     return png(fig)
 
 
-def norm_curves(result):
-    """{layer: (seeds, epochs)} weight norms and (seeds, epochs) lr of the runs whose epochs record weight_norm."""
-    runs = [run for run in result["runs"] if run["epochs"] and all("weight_norm" in e for e in run["epochs"])]
-    n = result["config"]["epochs"]
-    norms, lr = {k: np.full((len(runs), n), np.nan) for k in LAYERS}, np.full((len(runs), n), np.nan)
-    for i, run in enumerate(runs):
-        for e in run["epochs"]:
-            lr[i, e["epoch"] - 1] = e["lr"]
-            for k in LAYERS:
-                norms[k][i, e["epoch"] - 1] = np.nan if e["weight_norm"].get(k) is None else e["weight_norm"][k]
-    return norms, lr
-
-
 def plot_norms(found):
     """One panel per convolution: its weight norm over epochs (seed mean); a last panel: the effective step of the
     scale-invariant layers relative to none's (stats.step_ratio), the ratio the README states."""
-    have = {name: norm_curves(r) for name, r in found.items()}
-    have = {name: c for name, c in have.items() if len(c[1])}
+    have = {name: stats.norm_curves(r) for name, r in found.items()}
+    have = {name: c for name, c in have.items() if c}
     if not have:
         return None
     fig, axes = plt.subplots(2, 5, figsize=(17, 6.8), sharex=True)
-    for name, (norms, lr) in have.items():
-        x, c = np.arange(1, lr.shape[1] + 1), color(found[name])
-        for ax, k in zip(axes.flat, LAYERS):
-            ax.plot(x, np.nanmean(norms[k], 0), color=c, lw=1.4, label=f"{name} (n={len(lr)})")
+    for name, norms in have.items():
+        x, c = np.arange(1, norms["conv1"].shape[1] + 1), color(found[name])
+        for ax, k in zip(axes.flat, stats.LAYERS):
+            ax.plot(x, np.nanmean(norms[k], 0), color=c, lw=1.4, label=f"{name} (n={len(norms[k])})")
         ratio = stats.step_ratio(found[name], found[rules.BASE]) if rules.BASE in have else None
         if ratio is not None:
             axes.flat[9].plot(x, ratio, color=c, lw=1.4)
-    for ax, k in zip(axes.flat, LAYERS):
+    for ax, k in zip(axes.flat, stats.LAYERS):
         ax.set_title(f"{k}: ‖w‖₂" + ("" if k in stats.SCALE_INVARIANT else " (classifier, scale matters)"), fontsize=10)
         ax.grid(alpha=0.3)
     axes.flat[9].set(yscale="log", title=f"effective step lr / Σ₁₋₈ ‖w‖², ÷ {rules.BASE}'s (log)")
@@ -139,7 +124,7 @@ def plot_norms(found):
 
 
 # -----------------------------------------------------------------------------
-# final weights, misclassified digits, paired differences and the λ sweep
+# final weights, misclassified digits, paired differences
 
 def plot_weights(found, weights):
     """Histogram of all final convolution weights per variant (seeds pooled, counts per model), same bins for all:
@@ -217,24 +202,6 @@ def plot_differences(found, paired):
     left_out = [p for p in paired.values() if isinstance(p, str)]
     if left_out:  # as the axis label, so that tight_layout makes room for it
         ax.set_xlabel(textwrap.fill("left out: " + "; ".join(left_out), 90), fontsize=8)
-    return png(fig)
-
-
-def plot_sweep(points):
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    for kind, c in [("l1", "tab:blue"), ("l2", "tab:orange")]:
-        pts = sorted((p for p in points.values() if p["penalty"] == kind), key=lambda p: p["lambda"])
-        if pts:
-            lam = [p["lambda"] for p in pts]
-            ax.plot(lam, [p["val_acc_mean"] for p in pts], "o-", color=c, label=f"{kind}: λ·Σ{'|w|' if kind == 'l1' else 'w²'}")
-            ax.fill_between(lam, [p["val_acc_min"] for p in pts], [p["val_acc_max"] for p in pts], color=c, alpha=0.2)
-    for p in points.values():
-        if p["penalty"] == "none":
-            ax.axhline(p["val_acc_mean"], color="black", ls="--", lw=1, label="no penalty")
-    ax.set(xscale="log", xlabel="λ (log scale)", ylabel="validation accuracy (%)",
-           title=f"λ sweep: final validation accuracy, last 10k training images ({next(iter(points.values()))['epochs']} epochs)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
     return png(fig)
 
 
@@ -332,9 +299,7 @@ def render(folder, data_dir):
     for name, r in found.items():
         images = data.eval_split(mnist, r["config"]["val"], r["config"]["test_limit"])
         figures[f"misclassified_{name}.png"] = plot_misclassified(name, r, *images)
-    sweep, study = os.path.join(folder, "sweep"), results.load_datasize(folder)
-    if glob.glob(os.path.join(glob.escape(sweep), "*.json")):
-        figures["sweep.png"] = plot_sweep(stats.sweep_points(results.load_folder(sweep)))
+    study = results.load_datasize(folder)
     if study:
         figures["datasize.png"] = plot_datasize(stats.datasize_rows(study))
     settled = confirm.reading(folder)

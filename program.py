@@ -1,5 +1,7 @@
 """What every program here shares, light enough to load before torch: a quiet start (Ctrl-C or SIGTERM while
-torch is still importing ends in one line and an exit code, not a traceback) and Stop, the one-line way out."""
+torch is still importing ends in one line and an exit code, not a traceback), Stop, the one-line way out, and
+signals held while a block that must finish whole runs."""
+import contextlib
 import os
 import signal
 import sys
@@ -32,3 +34,27 @@ class Stop(Exception):
     def __init__(self, code, message):
         super().__init__(message)
         self.code = code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it unwinds as Ctrl-C does: temporary files removed, the
+    locks released, the finished epochs named."""
+
+
+def on_sigterm(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM wait until the block is done, then act as usual: no interruption falls between the
+    results files of one pack. (A signal mask would not do: torch's threads would take the signal.)"""
+    caught, held = [], [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if caught:
+            raise Terminated() if caught[0] == signal.SIGTERM else KeyboardInterrupt()

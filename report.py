@@ -1,4 +1,4 @@
-"""Write REPORT.md, epochs.csv (and sweep.json, when the folder holds a λ sweep) from the results JSON files alone:
+"""Write REPORT.md and epochs.csv from the results JSON files alone:
 the table, the contrasts against none with Holm's correction per family (rules.FAMILIES), one sentence per variant
 against the study's targets, and the validation searches; with --readme, the README's generated blocks too.
 
@@ -10,7 +10,6 @@ if __name__ == "__main__":
     program.quiet_until_ready("report.py")  # Ctrl-C while torch imports: one line; cli.run_tool takes over from there
 
 import csv
-import glob
 import io
 import os
 import sys
@@ -18,6 +17,7 @@ import sys
 import numpy as np
 
 import cli
+import choices
 import confirm
 import findings
 import results
@@ -142,16 +142,15 @@ def readme_blocks(folder):
     """The README's generated blocks from the verified results under folder (what `make plots` writes)."""
     study = results.load_datasize(folder)
     return findings.blocks(results.load_folder(folder), study,
-                           results.load_choice(os.path.join(folder, "datasize")) if study else None,
+                           choices.load_choice(os.path.join(folder, "datasize")) if study else None,
                            confirm.reading(folder))
 
 
 def write(folder, readme=None):
-    """REPORT.md, epochs.csv, sweep.json where folder/sweep/ holds the λ sweep, and with readme the README's
-    generated blocks: the paths written."""
+    """REPORT.md, epochs.csv, and with readme the README's generated blocks: the paths written."""
     found, study = results.load_folder(folder), results.load_datasize(folder)
-    choice = results.load_choice(os.path.join(folder, "datasize")) if study else None
-    text = report(found, results.load_recipe(folder))
+    choice = choices.load_choice(os.path.join(folder, "datasize")) if study else None
+    text = report(found, choices.load_recipe(folder))
     if study:
         text += "\n".join(datasize_section(stats.datasize_rows(study), choice))
     settled = confirm.reading(folder)
@@ -159,10 +158,6 @@ def write(folder, readme=None):
         text += "\n".join(confirm_section(settled))
     files = {"REPORT.md": text.encode(), "epochs.csv": epochs_csv(found, study, settled)}
     written = results.write_files(folder, files)
-    sweep = os.path.join(folder, "sweep")
-    if glob.glob(os.path.join(glob.escape(sweep), "*.json")):
-        results.write_sweep(folder, stats.sweep_points(results.load_folder(sweep)))
-        written.append(os.path.join(folder, "sweep.json"))
     if readme:
         with open(readme) as f:
             old = f.read()

@@ -1,18 +1,15 @@
 """The one owner of the results files: their schema, atomic writing (a checkpoint and its JSON as one unit),
-locking, reading and validating, the validation searches' files. (The per-epoch state for --resume
-is written through save_torch; loop.py names and reads it.)
+locking, reading and validating. (The per-epoch state for --resume is written through save_torch; loop.py names and
+reads it. The choices' files, recipe.json and choice.json, are choices.py's, written through write_json.)
 
     <folder>/<name>.json                   one variant: config, env, one run per seed, summary (schema 3)
     <folder>/<name>-seed<S>-<sha8>.pt      a run's final weights, a state_dict for model.Net; the JSON names it
                                            relative to its own folder, so a results folder can be copied or moved
     <folder>/state/<name>@<seeds>.pt       the per-epoch state of an unfinished run (train.py --resume)
     <folder>/<name>.lock                   held (flock) while a train.py writes <name>.json
-    <folder>/recipe.json, sweep.json       the validation searches: rules.py decides, this module writes
+    <folder>/recipe.json, choice.json      the choices made on the validation split (choices.py)
     <folder>/REPORT.md, *.png              rendered by report.py and plot.py, written here by write_files()
 Nobody else writes into a results folder.
-
-    python results.py recipe results/recipe base nodrop rot10 constmom   # apply the rules -> results/recipe.json
-                                                                          # (--overwrite: replace another choice)
 """
 import contextlib
 import fcntl
@@ -22,8 +19,6 @@ import io
 import json
 import os
 import re
-import subprocess
-import sys
 
 import torch
 
@@ -247,13 +242,29 @@ def load_folder(folder):
     if not paths:
         raise ResultsError(f"{folder}: no results JSON found; train a variant first (make l1)")
     found = {os.path.basename(p)[:-5]: load(p) for p in paths}
-    splits = {name: bool(r["config"]["val"]) for name, r in found.items()}
-    if len(set(splits.values())) > 1:
-        val = sorted(n for n, v in splits.items() if v)
-        raise ResultsError(f"{folder}: {', '.join(val)} {'is a validation run' if len(val) == 1 else 'are validation runs'} "
-                           f"(--val) among test runs; keep each split in a folder of its own (--out)")
+    check_split(folder)
     order = {n: i for i, n in enumerate(VARIANTS)}
     return dict(sorted(found.items(), key=lambda kv: (order.get(kv[1]["variant"], 99), kv[0])))
+
+
+def check_split(folder, val=None):
+    """One folder holds one split: validation runs (--val) and test runs never mix, neither in the folder nor with
+    a run about to be written there (val: its split). Damaged files are load's to report."""
+    splits = {}
+    for path in result_paths(folder):
+        try:
+            splits[os.path.basename(path)[:-5]] = bool(read_json(path, "")["config"]["val"])
+        except (ResultsError, KeyError, TypeError):
+            continue
+    other = sorted(n for n, v in splits.items() if v != val)
+    if val is not None and other:
+        raise ResultsError(f"{folder} holds {'validation' if not val else 'test'} runs ({other[0]}.json); a "
+                           f"{'--val' if val else 'test'} run goes to a folder of its own (--out)")
+    if len(set(splits.values())) > 1:
+        names = sorted(n for n, v in splits.items() if v)
+        are = "is a validation run" if len(names) == 1 else "are validation runs"
+        raise ResultsError(f"{folder}: {', '.join(names)} {are} (--val) among test runs; keep each split in a folder "
+                           f"of its own (--out)")
 
 
 def load_datasize(folder):
@@ -291,121 +302,3 @@ def check_merge(path, old, config):
         raise ResultsError(f"{path} holds a finished run with another config ({', '.join(diff)}); use another "
                            f"--name or --out, or --overwrite to replace it (its seeds {old['config']['seeds']} "
                            f"would be dropped)")
-
-
-# -----------------------------------------------------------------------------
-# the validation searches: recipe.json (make recipe / make lambdas) and sweep.json (make sweep)
-
-def load_recipe(folder):
-    """folder/recipe.json, checked; None where there is none."""
-    path = os.path.join(folder, "recipe.json")
-    if not os.path.exists(path):
-        return None
-    r = read_json(path, "run `make recipe` again or move it away")
-    if not isinstance(r, dict) or not r.get("candidates") or "chosen" not in r:
-        raise ResultsError(f"{path}: no candidates or no chosen recipe; run `make recipe` again or move it away")
-    try:
-        rules.check_recipe(r)
-    except ValueError as e:
-        raise ResultsError(f"{path}: {e}; run `make recipe` again or move it away")
-    return r
-
-
-def recipe_from(folder, order):
-    """recipe.json's content, as the file holds it, from rules.recipe_choice on the candidate runs
-    (folder/<name>.json, names in `order`, simplest first) and the λ runs (folder/lambda/*.json)."""
-    candidates = [(name, os.path.join(folder, f"{name}.json"), load(os.path.join(folder, f"{name}.json")))
-                  for name in order]
-    lambda_runs = {p: load(p) for p in result_paths(os.path.join(folder, "lambda"))}
-    try:
-        return json.loads(json.dumps({"schema": SCHEMA} | rules.recipe_choice(candidates, lambda_runs)))
-    except ValueError as e:
-        raise ResultsError(str(e))
-
-
-def write_recipe(folder, order, overwrite=False):
-    """Write <folder>/../recipe.json once every input passed its checks. recipe.json is written once: a file that
-    holds another choice of recipe (or other λ's) is replaced only with overwrite; λ's may be added to it."""
-    out, path = recipe_from(folder, order), os.path.join(os.path.dirname(os.path.abspath(folder)), "recipe.json")
-    old = read_json(path, "move it away") if os.path.exists(path) else None
-    same = lambda keys: all(old.get(k) == out.get(k) for k in keys)  # the schema number is the writer's, not the choice's
-    if old is not None and not overwrite and not same((set(old) | set(out)) - {"schema"}) and \
-            not (same(("rule", "candidates", "chosen")) and not old.get("lambdas")):
-        names = [c.get("name") for c in old.get("candidates") or [] if isinstance(c, dict)]
-        raise ResultsError(f"{path} already holds another choice ({old.get('chosen')!r} of {names}, λ's "
-                           f"{old.get('lambdas')}); the study's runs were trained with it: pass --overwrite to "
-                           f"replace it, or move the file away")
-    write_json(path, out)
-    return out
-
-
-def write_sweep(folder, points):
-    write_json(os.path.join(folder, "sweep.json"), {"schema": 1, "source": "results/sweep/*.json", "points": points})
-
-
-def committed(path):
-    """The JSON that git's HEAD holds at path; False where HEAD lacks it or holds no valid JSON there; None where
-    there is no git or the path lies outside the repository (then nothing can show what came first)."""
-    rel = os.path.relpath(os.path.abspath(path), REPO)
-    try:
-        r = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=REPO, capture_output=True, text=True)
-    except OSError:  # no git installed
-        return None
-    if r.returncode:
-        return None if "not a git repository" in r.stderr or "outside repository" in r.stderr else False
-    try:
-        return json.loads(r.stdout)
-    except ValueError:
-        return False
-
-
-def load_choice(folder):
-    """folder/choice.json of the data-size study (datasize.py), checked; None where there is none."""
-    path = os.path.join(folder, "choice.json")
-    if not os.path.exists(path):
-        return None
-    r = read_json(path, "restore it (git checkout) or move it away")
-    chosen = lambda e: isinstance(e, dict) and isinstance(e.get("chosen"), dict) and \
-        all(isinstance(e["chosen"].get(k), (int, float)) for k in ("l1", "l2"))
-    if not isinstance(r, dict) or not isinstance(r.get("sizes"), dict) or not all(map(chosen, r["sizes"].values())):
-        raise ResultsError(f"{path}: no sizes, or a size without its chosen l1 and l2; restore it (git checkout) or "
-                           f"move it away")
-    return r
-
-
-def write_choice(folder, size, runs, grid):
-    """Apply rules.datasize_choice to one size's validation runs and add its entry to folder/choice.json; an
-    entry already there is never replaced by a different one (it was committed before that size's test runs)."""
-    try:
-        entry = rules.datasize_choice(runs, grid)
-    except ValueError as e:
-        raise ResultsError(str(e))
-    path, have = os.path.join(folder, "choice.json"), load_choice(folder) or {"schema": SCHEMA, "sizes": {}}
-    old = have["sizes"].get(str(size))
-    if old and old != json.loads(json.dumps(entry)):
-        raise ResultsError(f"{path} already holds another choice for n{size} ({old['chosen']}); it is the one its "
-                           f"test runs used: move the file away to choose again")
-    have["sizes"][str(size)] = entry
-    write_json(path, have)
-    return entry
-
-
-def main(argv):
-    usage = "usage: python results.py recipe FOLDER CANDIDATE [CANDIDATE ...] [--overwrite]"
-    overwrite, argv = "--overwrite" in argv, [a for a in argv if a != "--overwrite"]
-    if len(argv) < 3 or argv[0] != "recipe":
-        sys.exit(usage)
-    try:
-        rec = write_recipe(argv[1], argv[2:], overwrite)
-    except ResultsError as e:
-        sys.exit(f"results.py: error: {e}")
-    except (KeyError, TypeError, IndexError, AttributeError) as e:  # JSON that parses but is no results file
-        sys.exit(f"results.py: error: a file in {argv[1]} is not what train.py writes ({type(e).__name__}: {e})")
-    for c in rec["candidates"]:
-        mean = "diverged" if c["val_acc_mean"] is None else f"{c['val_acc_mean']:.3f}"
-        print(f"{c['name']:>10}: val acc {mean} over seeds {c['seeds']} {c['val_acc']}")
-    print(f"chosen: {rec['chosen']} ({rec['rule']})")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -4,13 +4,11 @@
 import math
 from dataclasses import asdict, dataclass, fields
 
-from regularizers import Variant
+from regularizers import VARIANTS
 
 # config keys that say where a run was written or which seeds it holds, not what was computed,
 # or how it was evaluated or packed (both change only the last bits of float sums: equally valid runs)
 NOT_COMPARED = {"seeds", "device", "data", "out", "name", "eval_batch_size", "packed"}
-# keys that may differ between two variants being compared: the variant's own fields (a row of the variant table)
-EXPERIMENT = {"variant"} | {f.name for f in fields(Variant)}
 
 TIE = 0.05                            # points of mean validation accuracy within which two choices are tied
 TARGETS = {"bn": 99.45, "gbn": 99.40}  # the study's aim for the five-seed mean at the final epoch, by norm
@@ -130,6 +128,12 @@ def check_seeds(validation, test):
         raise ValueError(f"seeds {sorted((set(validation) | set(test)) & SEEDS_USED)} were used by an earlier study")
 
 
+def experiment():
+    """The keys that may differ between two variants being compared: the fields of the variant table's rows, read
+    when asked, so that a row with a new knob (docs/adding-a-variant.md) is compared on everything else."""
+    return {"variant"} | {f.name for row in VARIANTS.values() for f in fields(row)}
+
+
 def with_defaults(config):
     """config with Config's default for every key it lacks: a key added after a file was written has, by the rule
     every new field follows, the default that computes what the code computed before it existed."""
@@ -216,7 +220,7 @@ def recipe_choice(candidates, lambda_runs):
            "chosen": chosen, "lambdas": None, "lambda_rule": LAMBDA_RULE}
     if lambda_runs:
         chosen_cfg = next(r["config"] for name, _, r in candidates if name == chosen)
-        check_validation_runs(lambda_runs, reference=chosen_cfg, ignore=EXPERIMENT)
+        check_validation_runs(lambda_runs, reference=chosen_cfg, ignore=experiment())
         reference = dict(summaries)[chosen]["val_acc_mean"]
         out["lambda_points"], out["lambdas"] = [], {}
         for key in ("l1", "l2"):
@@ -238,7 +242,7 @@ def datasize_choice(runs, grid):
     """One size's entry of choice.json from its validation runs {path: result}: `none` (the reference) first,
     then one run per λ of the grid. Every input is checked before anything is chosen."""
     (_, reference), points = next(iter(runs.items())), []
-    check_validation_runs(runs, reference=reference["config"], ignore=EXPERIMENT)
+    check_validation_runs(runs, reference=reference["config"], ignore=experiment())
     for r in list(runs.values())[1:]:
         key = r["variant"]
         losses = [run["epochs"][-1]["test_loss"] for run in r["runs"] if run["status"] == "ok"]

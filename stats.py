@@ -6,7 +6,7 @@ import numpy as np
 import scipy.stats
 import torch
 
-from rules import AIM, ALPHA, BASE, EXPERIMENT, FAMILIES, differences, verdict
+from rules import AIM, ALPHA, BASE, FAMILIES, differences, experiment, verdict
 
 def finals(result, key="final_test_acc"):
     """{seed: final value} of the runs that did not diverge; key "final_test_loss" is the last epoch's test_loss."""
@@ -107,7 +107,7 @@ def paired_interval(a, b):
 def paired(result, base, key="final_test_acc"):
     """(seeds both finished, result - base per seed). Only runs that differ in nothing but the penalty and the norm
     pair up; ValueError lists every other difference."""
-    diff = differences(result["config"], base["config"], ignore=EXPERIMENT)
+    diff = differences(result["config"], base["config"], ignore=experiment())
     if diff:
         raise ValueError(f"{result['config']['name']} and {base['config']['name']} were trained differently "
                          f"({', '.join(diff)}); they cannot be compared")
@@ -178,19 +178,6 @@ def check_derived(r):
             raise ValueError(f"summary {key} is {r['summary'].get(key)}, its runs give {value}")
 
 
-def sweep_points(found):
-    """{name: validation point} of the λ sweep's runs (results/sweep/*.json, from `make sweep`)."""
-    points = {}
-    for name, r in found.items():
-        cfg = r["config"]
-        kind = "none" if not cfg["l1"] and not cfg["l2"] else "l1" if not cfg["l2"] else "l2" if not cfg["l1"] else "l1l2"
-        accs = [run["final_test_acc"] if run["status"] == "ok" else float("nan") for run in r["runs"]]
-        points[name] = {"penalty": kind, "lambda": cfg["l1"] if kind == "l1" else cfg["l2"], "val_acc": accs,
-                        "val_acc_mean": sum(accs) / len(accs), "val_acc_min": min(accs), "val_acc_max": max(accs),
-                        "seeds": [run["seed"] for run in r["runs"]], "epochs": cfg["epochs"]}
-    return points
-
-
 def datasize_rows(study, base=BASE, families=("datasize_acc", "datasize_loss")):
     """study: {N: {variant: result}} -> [{size, variant, acc/loss: mean, min, max, and the paired difference from
     base with its 95% interval (diff, lo, hi; None for base), its p, Holm-adjusted p over every size and variant of
@@ -225,7 +212,21 @@ def datasize_rows(study, base=BASE, families=("datasize_acc", "datasize_loss")):
 # -----------------------------------------------------------------------------
 # the effective step of the scale-invariant layers (norms.png, the README)
 
-SCALE_INVARIANT = [f"conv{i}" for i in range(1, 9)]  # they feed ReLU -> BatchNorm: the output ignores their scale
+LAYERS = [f"conv{i}" for i in range(1, 10)]
+SCALE_INVARIANT = LAYERS[:8]  # they feed ReLU -> BatchNorm: the output ignores their scale
+
+
+def norm_curves(result):
+    """{conv1: (seeds, epochs), ...} weight norms of the runs whose epochs record weight_norm; None where none do."""
+    runs = [run for run in result["runs"] if run["epochs"] and all("weight_norm" in e for e in run["epochs"])]
+    if not runs:
+        return None
+    norms = {k: np.full((len(runs), result["config"]["epochs"]), np.nan) for k in LAYERS}
+    for i, run in enumerate(runs):
+        for e in run["epochs"]:
+            for k in LAYERS:
+                norms[k][i, e["epoch"] - 1] = np.nan if e["weight_norm"].get(k) is None else e["weight_norm"][k]
+    return norms
 EPOCH_RANGES = [(1, 4), (5, 10), (11, 15)]            # early, the middle where penalised runs trail, the anneal
 
 

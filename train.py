@@ -1,7 +1,7 @@
 """Train one variant of the 8,286-parameter MNIST CNN over one or more seeds; results go through results.py.
 
     python train.py --variant l1 --epochs 15 --seeds 0,1,2
-    python train.py --variant l2 --l2 3e-4 --val --name l2-3e-4 --out results/sweep   # a validation run
+    python train.py --variant l2 --l2 3e-4 --val --name l2-3e-4 --out results/val     # a validation run
     python train.py --variant l1 --resume          # continue a killed run exactly where it stopped
 """
 import os
@@ -16,7 +16,6 @@ if __name__ == "__main__":
     # it touches a file, and there the saved epochs are named
     program.quiet_until_ready("train.py")
 
-import contextlib  # noqa: E402
 import errno  # noqa: E402
 import glob  # noqa: E402
 import platform  # noqa: E402
@@ -72,30 +71,6 @@ def load_split(cfg, digests):
 # -----------------------------------------------------------------------------
 # main: check everything that can fail, plan what to train, train pack by pack, record each as it finishes
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, so that it unwinds as Ctrl-C does: temporary files removed, the
-    locks released, the finished epochs named."""
-
-
-def on_sigterm(signum, frame):
-    raise Terminated()
-
-
-@contextlib.contextmanager
-def signals_held():
-    """Ctrl-C and SIGTERM wait until the block is done, then act as usual: no interruption falls between the
-    results files of one pack. (A signal mask would not do: torch's threads would take the signal.)"""
-    caught, held = [], [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
-    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        if caught:
-            raise Terminated() if caught[0] == signal.SIGTERM else KeyboardInterrupt()
-
-
 def git_info():
     def git(*args):  # None, recorded as unknown, where there is no git or no repository (a copied tree)
         try:
@@ -140,7 +115,7 @@ def check(cfgs, args, out):
                 raise
             tqdm.write(f"--overwrite: {e.args[0].split(';')[0]}; it is replaced when this run's first result is written")
             old[c.name] = None
-    check_split(out, cfg)
+    results.check_split(out, cfg.val)
     fallback = compile_problem(cfg)  # decided before the merge check: a run that fell back must compare as eager
     if fallback:
         tqdm.write(f"torch.compile does not work here ({fallback}); training eagerly (--no-compile to skip this)")
@@ -164,18 +139,6 @@ def check(cfgs, args, out):
                          f"seeds or variants, or drop --packed")
     digests = {}
     return old, load_split(cfg, digests), digests, fallback
-
-
-def check_split(out, cfg):
-    """One folder holds one split: a --val run is refused among test runs and the other way round."""
-    for path in results.result_paths(out):
-        try:
-            val = bool(results.read_json(path, "")["config"]["val"])
-        except (results.ResultsError, KeyError, TypeError):
-            continue  # damaged files are results.load's to report
-        if val != cfg.val:
-            raise ValueError(f"{out} holds {'validation' if val else 'test'} runs ({os.path.basename(path)}); a "
-                             f"{'--val' if cfg.val else 'test'} run goes to a folder of its own (--out)")
 
 
 def plan(cfgs, args, out, old):
@@ -283,7 +246,7 @@ def main(argv=None):
     cfgs, args, parser = parse_args(argv)
     cfg, out, t0 = cfgs[0], in_repo(cfgs[0].out, Config.out), time.perf_counter()
     seed_everything(0)  # the deterministic flags hold from here on, so the env records them truly
-    sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+    sigterm = signal.signal(signal.SIGTERM, program.on_sigterm)
     progress = {"started": False, "written": [], "state": None}
     try:
         try:
@@ -301,7 +264,7 @@ def main(argv=None):
                     progress["state"] = state
                     new, weights = loop.train_pack(pack, split, state, args.resume, env,
                                                    subsets and [subsets[s] for _, s in pack])
-                    with signals_held():  # a pack's results files and the removal of its state: all or none
+                    with program.signals_held():  # a pack's results files and the removal of its state: all or none
                         record(out, pack, new, weights, runs)
                         if os.path.exists(state):  # only now, with its results written, does the run need no state
                             os.remove(state)
@@ -314,7 +277,7 @@ def main(argv=None):
             fix = "free some space" if e.errno == errno.ENOSPC else "fix that"
             raise Stop(1, f"cannot write {e.filename or out}: {e.strerror}; {fix}, then run the same command with --resume")
         except KeyboardInterrupt as e:
-            raise Stop(143 if isinstance(e, Terminated) else 130, interrupted(progress))
+            raise Stop(143 if isinstance(e, program.Terminated) else 130, interrupted(progress))
     except Stop as e:
         parser.exit(e.code, f"{parser.prog}: error: {e}\n")
     finally:

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+import choices
 import crosscheck
 import report
 import results
@@ -114,16 +115,16 @@ def test_recipe_json_is_checked_against_its_runs(recipe):
 
 
 def test_recipe_json_is_written_once(recipe, capsys):
-    """Case 4: `results.py recipe FOLDER base` (1 of the 4 candidates) is refused in one line and recipe.json stays;
+    """Case 4: `choices.py recipe FOLDER base` (1 of the 4 candidates) is refused in one line and recipe.json stays;
     the same candidates rewrite nothing; --overwrite replaces it."""
     before = (recipe / "recipe.json").read_bytes()
     with pytest.raises(SystemExit) as e:
-        results.main(["recipe", str(recipe / "recipe"), "base"])
+        choices.main(["recipe", str(recipe / "recipe"), "base"])
     assert "already holds another choice" in str(e.value) and "--overwrite" in str(e.value), e.value
     assert (recipe / "recipe.json").read_bytes() == before
-    results.main(["recipe", str(recipe / "recipe"), "base", "nodrop", "rot10", "constmom"])
+    choices.main(["recipe", str(recipe / "recipe"), "base", "nodrop", "rot10", "constmom"])
     assert json.loads((recipe / "recipe.json").read_bytes()) | {"schema": 2} == json.loads(before)
-    results.main(["recipe", str(recipe / "recipe"), "base", "--overwrite"])
+    choices.main(["recipe", str(recipe / "recipe"), "base", "--overwrite"])
     assert [c["name"] for c in json.loads((recipe / "recipe.json").read_text())["candidates"]] == ["base"]
 
 

@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+import program
 import results
 import train
 from conftest import DATA, FP32, TRAIN_PY, checkpoint, metrics, one_line_error, popen, stop_at_second_save
@@ -213,10 +214,10 @@ def test_a_pack_stopped_between_its_results_files_resumes_whole(tmp_path, monkey
 
 def test_signals_wait_for_a_packs_results_files():
     """SIGTERM inside signals_held() acts only when the block is done: no interruption between the files."""
-    old, done = signal.signal(signal.SIGTERM, train.on_sigterm), []
+    old, done = signal.signal(signal.SIGTERM, program.on_sigterm), []
     try:
-        with pytest.raises(train.Terminated):
-            with train.signals_held():
+        with pytest.raises(program.Terminated):
+            with program.signals_held():
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(0.05)
                 done.append("all files written")
