@@ -65,20 +65,20 @@ plots: verify
 verify: | .venv/ok
 	$(PY) verify.py --results $(RESULTS)
 
-## test: the test suite on CPU (small real-MNIST slices; benchmarks skipped), under 10 minutes on 2 cores
+## test: the test suite on CPU (small real-MNIST slices), under 10 minutes on 2 cores
 test: | .venv/ok
-	$(PY) -m pytest -q --benchmark-skip tests
+	$(PY) -m pytest -q tests
 
 ## bench: forward / backward / step timings (pytest-benchmark) -> results/bench/ (CUDA rows too where there is a GPU)
 bench: | .venv/ok
 	mkdir -p $(RESULTS)/bench
-	$(PY) -m pytest -q --benchmark-only --benchmark-json=$(RESULTS)/bench/benchmark.json tests/test_bench.py
+	$(PY) -m pytest -q --benchmark-only --benchmark-json=$(RESULTS)/bench/benchmark.json bench/bench.py
 
 ## bench-gpu: with a GPU, the CUDA benchmarks and the GPU study only -> the gpu section of results/bench/summary.json
 bench-gpu: | .venv/ok
 	mkdir -p $(RESULTS)/bench
 	$(PY) -m pytest -q --benchmark-only --benchmark-json=$(RESULTS)/bench/benchmark-gpu.json -k "cuda or gpu_study" \
-	    tests/test_bench.py
+	    bench/bench.py
 
 ## clean: remove the venv and caches (keeps data/, results/ and the state of interrupted runs)
 clean:

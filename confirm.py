@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -127,10 +126,6 @@ def done(out, names, seeds):
     return all(set(seeds) <= have[n] for n in names)
 
 
-def spawn(args, env):
-    return subprocess.Popen([sys.executable, os.path.join(results.REPO, "train.py"), *args], env=env)
-
-
 def run(studies, folder, extra):
     """Every pack of the studies not yet done, LAYOUT["processes"] train.py at a time with LAYOUT["threads"] each,
     in the plan's order; two packs that write the same results file never run at once (train.py locks it). A pack
@@ -163,7 +158,7 @@ def run(studies, folder, extra):
                 state = loop.state_path(out, [(n, s) for n in names for s in seeds])
                 args = [*args, *extra, *(["--resume"] if os.path.exists(state) else [])]
                 print("python train.py " + " ".join(args), flush=True)
-                running.append((spawn(args, env), pack))
+                running.append((datasize.spawn(args, env), pack))
             time.sleep(0.5)
             for proc, pack in list(running):
                 if proc.poll() is not None:

@@ -40,6 +40,11 @@ def study_args(size, seeds):
     return ["--train-subset", str(size), "--steps", str(STEPS), "--epochs", str(POINTS), "--seeds", seeds]
 
 
+def spawn(args, env=None):
+    """train.py as a program (the tests run it in-process instead)."""
+    return subprocess.Popen([sys.executable, os.path.join(results.REPO, "train.py"), *args], env=env)
+
+
 def run_train(args, out, names, seeds):
     """train.py as a program. Where an earlier start was interrupted (its pack's state is on disk) it continues
     that run with --resume; Ctrl-C goes to train.py, which keeps what finished, and the study stops with it; a
@@ -49,7 +54,7 @@ def run_train(args, out, names, seeds):
         print(f"continuing the interrupted run saved in {os.path.relpath(state)}", flush=True)
         args = [*args, "--resume"]
     print("python train.py " + " ".join(args), flush=True)
-    proc = subprocess.Popen([sys.executable, os.path.join(results.REPO, "train.py"), *args])
+    proc = spawn(args)
     termed = []
     old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),  # after the spawn: train.py keeps its own Ctrl-C
            signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: termed.append(proc.send_signal(signal.SIGTERM)))}

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 import confirm
+import datasize
 import plot
 import results
 import rules
@@ -55,7 +56,7 @@ def test_no_run_starts_before_the_plan_is_committed(folder, capsys, monkeypatch)
     subprocess.run(["git", "init", "-q", str(folder)], check=True)
     confirm.main(["plan", "--results", str(folder)])
     started = []
-    monkeypatch.setattr(confirm, "spawn", lambda args, env: started.append((args, env)) or Done())
+    monkeypatch.setattr(datasize, "spawn", lambda args, env: started.append((args, env)) or Done())
     with pytest.raises(SystemExit) as e:
         confirm.main(["main", "--results", str(folder)])
     assert e.value.code == 2 and "is not committed as it is on disk" in capsys.readouterr().err and not started
@@ -121,7 +122,7 @@ def test_two_packs_that_write_one_file_never_run_at_once(folder, monkeypatch):
             live.remove((self.args[1], self))
             return 0
         returncode = 0
-    monkeypatch.setattr(confirm, "spawn", lambda args, env: Proc(args))
+    monkeypatch.setattr(datasize, "spawn", lambda args, env: Proc(args))
     monkeypatch.setattr(confirm.time, "sleep", lambda s: None)
     confirm.run(["mechanism", "main"], str(folder), [])
     mech = [i for i, (_, v, _) in enumerate(log) if v.startswith("none,l2")]
@@ -193,7 +194,7 @@ def test_a_pack_another_process_trains_takes_a_place_and_is_not_started(folder, 
                 return None
             live.remove(self)
             return 0
-    monkeypatch.setattr(confirm, "spawn", lambda args, env: Proc(args))
+    monkeypatch.setattr(datasize, "spawn", lambda args, env: Proc(args))
     monkeypatch.setattr(confirm.time, "sleep", lambda s: None)
     confirm.run(["main"], str(folder), [])
     assert started[0] == ("l1", 0), started

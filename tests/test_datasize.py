@@ -132,7 +132,20 @@ def tiny_study(tmp_path, monkeypatch):
     study_args = datasize.study_args  # and evaluated on 64 images, eagerly, in fp32: fixed by the study, like its steps
     monkeypatch.setattr(datasize, "study_args", lambda size, seeds: [*study_args(size, seeds), *SHRUNK])
     monkeypatch.setattr(datasize, "choice_committed", lambda folder, size: True)  # tmp_path is outside the repository
+    monkeypatch.setattr(datasize, "spawn", InProcess)  # no torch import per run; the child's signals are tested below
     return ["--data", DATA, "--device", "cpu", "--results", str(tmp_path)]
+
+
+class InProcess:
+    """train.py run in this process, with the face of the Popen datasize.spawn returns."""
+    def __init__(self, args, env=None):
+        try:
+            self.code = train.main(args)
+        except SystemExit as e:
+            self.code = e.code
+
+    def wait(self):
+        return self.code
 
 
 def test_the_study_runs_its_steps_in_order_and_skips_what_is_done(tiny_study, tmp_path, capfd):

@@ -1,4 +1,4 @@
-"""Benchmarks (pytest-benchmark; skipped by `make test`, run by `make bench`): forward, forward + backward and the
+"""The benchmark harness (pytest-benchmark, run by `make bench`; not a test: it asserts nothing): forward, forward + backward and the
 compute step, one model at batch 32 and packs, on CPU and on CUDA when present; each speed lever of train.py on
 its own and all together in the real training loop, taken in turn with the classic torchvision + DataLoader step
 (the baseline); real epochs of the default path, run as a program; on a GPU, the packed 20-model study. The GPU
