@@ -126,3 +126,20 @@ def test_epochs_csv_holds_every_epoch_as_the_json_does(two_variants):
     row = next(r for r in rows if (r["variant"], r["seed"], r["epoch"]) == ("l1", "1", "3"))
     assert float(row["test_acc"]) == e["test_acc"] and float(row["norm_conv9"]) == e["weight_norm"]["conv9"]
     assert (row["study"], row["split"], row["l1"], row["size"]) == ("main", "test", "1e-05", "60000"), row
+
+
+def test_the_mechanism_shares_follow_the_contrasts():
+    """Each arm's share is its difference from none over l2's; shares that add past 100% are called an overlap,
+    below it their sum is given, and the route that carries more of the loss is named from the numbers."""
+    def family(step, head, beats=True):
+        c = lambda mean, verdict, reject=True: {"mean": mean, "verdict": verdict, "reject": reject}
+        return {("l2", "none"): c(-0.04, "beats none"), ("none_normmatch", "none"): c(step, "beats none" if beats else
+                "is not distinguishable from none", beats), ("l2_conv9", "none"): c(head, "beats none")}
+    acc = family(0.2, 0.1) | {("l2", "none"): {"mean": 0.4, "verdict": "beats none", "reject": True}}
+    said = findings.mechanism_shares({"contrasts": family(-0.03, -0.02), "secondary": acc})
+    assert "recovers 75% of" in said and "classifier alone) 50%" in said and "overlap" in said, said
+    assert "shares are 50% and 25%" in said and "the effective step carries more" in said, said
+    said = findings.mechanism_shares({"contrasts": family(-0.01, -0.02), "secondary": acc})
+    assert "together 75%" in said and "the classifier carries more" in said, said
+    said = findings.mechanism_shares({"contrasts": family(-0.01, -0.02, beats=False), "secondary": acc})
+    assert "acts through both" not in said, said
