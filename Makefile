@@ -59,7 +59,7 @@ $(VARIANTS): | .venv/ok
 ## plots: verify every checkpoint, then render figures, REPORT.md, epochs.csv (and for results/ the README's blocks)
 plots: verify
 	$(PY) plot.py --results $(RESULTS)
-	$(PY) report.py --results $(RESULTS) $(if $(filter results,$(RESULTS)),--readme README.md)
+	$(PY) report.py --results $(RESULTS) $(if $(filter results,$(RESULTS)),--readme README.md --doc docs/protocol.md)
 
 ## verify: re-evaluate every checkpoint under results/ against its JSON (accuracy, misclassified list, hash, loss)
 verify: | .venv/ok

@@ -77,11 +77,12 @@ def lambda_notes(choice):
 BLOCK = re.compile(r"(<!-- report\.py: ([a-z-]+) -->\n)(.*?)(<!-- /report\.py -->)", re.S)
 
 
-def fill(text, blocks):
-    """text with each generated block replaced by blocks[name]; ResultsError where a block has no marker or a
-    marker names no block."""
+def fill(text, blocks, every=True):
+    """text with each generated block replaced by blocks[name]; ResultsError where a marker names no block, or
+    (every: the README, which shows them all) where a block has no marker."""
     marked = [m.group(2) for m in BLOCK.finditer(text)]
-    if sorted(marked) != sorted(blocks):
+    wrong = sorted(marked) != sorted(blocks) if every else (not marked or set(marked) - set(blocks))
+    if wrong:
         raise results.ResultsError(f"README markers {sorted(marked)} are not the generated blocks {sorted(blocks)}")
     return BLOCK.sub(lambda m: m.group(1) + blocks[m.group(2)] + m.group(4), text)
 

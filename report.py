@@ -2,7 +2,7 @@
 the table, the contrasts against none with Holm's correction per family (rules.FAMILIES), one sentence per variant
 against the study's targets, and the validation searches; with --readme, the README's generated blocks too.
 
-    python report.py [--results DIR] [--readme README.md]     # part of `make plots`, after verify.py
+    python report.py [--results DIR] [--readme README.md] [--doc docs/protocol.md]   # part of `make plots`
 """
 import program
 
@@ -146,8 +146,9 @@ def readme_blocks(folder):
                            confirm.reading(folder))
 
 
-def write(folder, readme=None):
-    """REPORT.md, epochs.csv, and with readme the README's generated blocks: the paths written."""
+def write(folder, readme=None, docs=()):
+    """REPORT.md, epochs.csv, with readme the README's generated blocks (all of them) and with docs the blocks
+    each of those documents marks: the paths written."""
     found, study = results.load_folder(folder), results.load_datasize(folder)
     choice = choices.load_choice(os.path.join(folder, "datasize")) if study else None
     text = report(found, choices.load_recipe(folder))
@@ -158,13 +159,13 @@ def write(folder, readme=None):
         text += "\n".join(confirm_section(settled))
     files = {"REPORT.md": text.encode(), "epochs.csv": epochs_csv(found, study, settled)}
     written = results.write_files(folder, files)
-    if readme:
-        with open(readme) as f:
+    for path, every in [(readme, True)] * bool(readme) + [(doc, False) for doc in docs]:
+        with open(path) as f:
             old = f.read()
-        new = findings.fill(old, readme_blocks(folder))
+        new = findings.fill(old, readme_blocks(folder), every)
         if new != old:
-            results.write_bytes(readme, new.encode())
-            written.append(readme)
+            results.write_bytes(path, new.encode())
+            written.append(path)
     return written
 
 
@@ -280,8 +281,10 @@ def epochs_csv(found, study, settled=None):
 def main(argv=None):
     p = cli.tool_parser("report.py", __doc__, "folder of <name>.json files (default: the repository's results/)")
     p.add_argument("--readme", help="also refresh this README's generated blocks (make plots: README.md)")
+    p.add_argument("--doc", action="append", default=[], help="also refresh the generated blocks this document "
+                   "marks (make plots: docs/protocol.md); may be repeated")
     args = p.parse_args(argv)
-    written = cli.run_tool(p, args, lambda: write(args.results, args.readme))
+    written = cli.run_tool(p, args, lambda: write(args.results, args.readme, args.doc))
     print("wrote " + ", ".join(os.path.relpath(w) for w in written))
 
 

@@ -1,6 +1,7 @@
 """The findings: exact t quantiles, Holm's correction per family, equivalence within a margin, the verdict words,
 the effective step, the README's generated blocks (a hand edit of a README number fails here) and epochs.csv."""
 import csv
+import dataclasses
 import io
 import os
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+import config
 import findings
 import report
 import results
@@ -101,6 +103,15 @@ def test_the_readme_states_what_the_committed_results_give():
     after a hand edit of a README number (or a changed result) shows up here as a difference."""
     text = open(os.path.join(ROOT, "README.md")).read()
     assert findings.fill(text, committed_blocks()) == text, "README.md differs from the results: run `make plots`"
+
+
+def test_protocol_md_takes_the_recipe_from_the_config(monkeypatch):
+    """docs/protocol.md's recipe block is the one the README shows, from Config's defaults: a changed default
+    (here the learning-rate peak) makes the committed text differ until `make plots` writes it again."""
+    text = open(os.path.join(ROOT, "docs", "protocol.md")).read()
+    assert findings.fill(text, committed_blocks(), every=False) == text, "protocol.md differs: run `make plots`"
+    monkeypatch.setattr(findings, "Config", lambda: dataclasses.replace(config.Config(), lr=0.2))
+    assert "peaking at 0.2" in findings.fill(text, committed_blocks(), every=False)
 
 
 def test_a_hand_edited_readme_number_is_caught():
