@@ -280,12 +280,21 @@ def datasize_with_child(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-            kids = f.read().split()
+            kids = [int(k) for k in f.read().split() if "train.py" in cmdline(k)]  # not a helper torch's import runs
         if kids:
             time.sleep(1.0)  # datasize.py is in its wait, with its handlers set
-            return proc, int(kids[0])
+            return proc, kids[0]
         time.sleep(0.05)
     raise AssertionError(f"no train.py child within 120 s: {proc.communicate()}")
+
+
+def cmdline(pid):
+    """A process's command line, or "" once it has gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 def alive(pid, within=30.0):
