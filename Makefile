@@ -8,6 +8,9 @@ RESULTS ?= results
 VARIANTS := none l1 l2 l1l2 gbn gbn_l1l2
 # the seeds of one variant train together in one grouped-conv graph (~20% faster per model on 2 cores); PACKED= trains them one by one
 PACKED  ?= --packed
+# make all trains JOBS variants at once, each with its share of the cores: on 2 cores two processes with one thread
+# each do ~1.25x the work of one with two (docs/performance.md); JOBS=1 trains them one by one on every core
+JOBS    ?= 2
 
 ifeq ($(shell echo '$(EPOCHS)' | grep -Ex '[1-9][0-9]*'),)
 $(error EPOCHS=$(EPOCHS) must be a positive integer, e.g. make l1 EPOCHS=15)
@@ -15,6 +18,10 @@ endif
 ifeq ($(shell echo '$(SEEDS)' | grep -Ex '[0-9]+(,[0-9]+)*'),)
 $(error SEEDS=$(SEEDS) must be comma-separated integers, e.g. make l1 SEEDS=0,1,2)
 endif
+ifeq ($(shell echo '$(JOBS)' | grep -Ex '[1-9][0-9]?'),)
+$(error JOBS=$(JOBS) must be a positive integer, e.g. make all JOBS=1)
+endif
+THREADS_EACH := $(shell n=$$(env -u OMP_NUM_THREADS nproc 2>/dev/null || echo 2); echo $$(( n / $(JOBS) > 0 ? n / $(JOBS) : 1 )))
 ifeq ($(filter $(DEVICE),auto cpu cuda),)
 $(error DEVICE=$(DEVICE) must be one of: auto cpu cuda)
 endif
@@ -32,13 +39,13 @@ endif
 ## help: list the targets
 help:
 	@grep -E '^## ' Makefile | sed 's/^## /  make /'
-	@echo "  variables: EPOCHS=$(EPOCHS) SEEDS=$(SEEDS) DEVICE=$(DEVICE); variants: $(VARIANTS)"
+	@echo "  variables: EPOCHS=$(EPOCHS) SEEDS=$(SEEDS) DEVICE=$(DEVICE) JOBS=$(JOBS) (make all: variants at once); variants: $(VARIANTS)"
 
 ## all: set up, fetch MNIST, train every variant, render the figures and REPORT.md
 all: data
 	@echo "make all: $(words $(VARIANTS)) variants x seeds $(SEEDS) x $(EPOCHS) epochs into $(RESULTS)/ (seeds already there" \
 	      "with the same config are kept); each variant's train.py prints its own time estimate"
-	@for v in $(VARIANTS); do $(MAKE) --no-print-directory $$v || exit 1; done
+	$(MAKE) --no-print-directory -j$(JOBS) -Oline $(VARIANTS) THREADS=$(THREADS_EACH)
 	$(MAKE) --no-print-directory plots
 
 # the venv is built once from the pinned requirements; the stamp makes it an order-only prerequisite
@@ -54,7 +61,7 @@ data: | .venv/ok
 ## none | l1 | l2 | l1l2 | gbn | gbn_l1l2: train one variant (always trains), e.g. make l1 EPOCHS=15 SEEDS=0,1,2
 $(VARIANTS): | .venv/ok
 	$(PY) model.py
-	$(PY) train.py --variant $@ --epochs $(EPOCHS) --seeds $(SEEDS) --device $(DEVICE) --out $(RESULTS) $(PACKED)
+	$(if $(THREADS),OMP_NUM_THREADS=$(THREADS)) $(PY) train.py --variant $@ --epochs $(EPOCHS) --seeds $(SEEDS) --device $(DEVICE) --out $(RESULTS) $(PACKED)
 
 ## plots: verify every checkpoint, then render figures, REPORT.md, epochs.csv (and for results/ the README's blocks)
 plots: verify

@@ -216,8 +216,11 @@ def announce(cfg, packs, n_train):
     if not todo:
         tqdm.write("nothing to train: every seed asked for is already there")
         return
-    # measured on the 2-core CPU machine: seconds per 60k-image model-epoch, solo or with seeds packed; Ghost BN ~1.5x
-    per_epoch = lambda c: (15 if cfg.packed and len(todo) > 1 else 20) * (1.5 if c.norm == "gbn" else 1)
+    # seconds per 60k-image model-epoch on the 2-core CPU machine, measured: with two threads solo or packed; with one
+    # thread (two processes side by side, as make all runs) packed, ~23 s (the confirmatory runs), solo scaled alike
+    packed = cfg.packed and len(todo) > 1
+    per_epoch = lambda c: ((15 if packed else 20) if torch.get_num_threads() > 1 else (23 if packed else 30)) * \
+        (1.5 if c.norm == "gbn" else 1)
     images = cfg.steps * cfg.batch_size if cfg.steps else n_train * cfg.epochs  # per model
     minutes = sum(per_epoch(c) for c, _ in todo) / 60 * images / 60000
     pace = ("on a GPU, per-step overheads set the pace: an H200 took ~1.1 s per model-epoch with 20 models packed"
