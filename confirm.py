@@ -25,10 +25,10 @@ from dataclasses import asdict
 
 import choices
 import datasize
-import loop
 import regularizers
 import results
 import rules
+import state
 import stats
 from config import Config
 from program import Stop
@@ -155,8 +155,8 @@ def run(studies, folder, extra):
                 pack = free[0]
                 todo.remove(pack)
                 args, out, names, seeds = pack
-                state = loop.state_path(out, [(n, s) for n in names for s in seeds])
-                args = [*args, *extra, *(["--resume"] if os.path.exists(state) else [])]
+                saved = state.path(out, [(n, s) for n in names for s in seeds])
+                args = [*args, *extra, *(["--resume"] if os.path.exists(saved) else [])]
                 print("python train.py " + " ".join(args), flush=True)
                 running.append((datasize.spawn(args, env), pack))
             time.sleep(0.5)

@@ -23,8 +23,8 @@ import subprocess
 import sys
 
 import choices
-import loop
 import results
+import state
 from program import Stop  # one line on stderr and an exit code
 
 SIZES = [1000, 5000, 20000, 60000]            # 60000 = the whole training set
@@ -49,9 +49,9 @@ def run_train(args, out, names, seeds):
     """train.py as a program. Where an earlier start was interrupted (its pack's state is on disk) it continues
     that run with --resume; Ctrl-C goes to train.py, which keeps what finished, and the study stops with it; a
     SIGTERM to this process is passed on to train.py, which does the same."""
-    state = loop.state_path(out, [(name, int(s)) for name in names for s in seeds.split(",")])
-    if os.path.exists(state) and "--resume" not in args:
-        print(f"continuing the interrupted run saved in {os.path.relpath(state)}", flush=True)
+    saved = state.path(out, [(name, int(s)) for name in names for s in seeds.split(",")])
+    if os.path.exists(saved) and "--resume" not in args:
+        print(f"continuing the interrupted run saved in {os.path.relpath(saved)}", flush=True)
         args = [*args, "--resume"]
     print("python train.py " + " ".join(args), flush=True)
     proc = spawn(args)

@@ -1,9 +1,9 @@
 """The training engine: K models trained as one pack (K = 1 when training one at a time), each with its own
-weights, data order, augmentation and dropout stream; the compiled step, an epoch, the evaluation, and per-epoch
-state for --resume. train.py decides what to train and where it goes; this module trains it.
+weights, data order, augmentation and dropout stream; the compiled step, an epoch, the evaluation, and saving the
+per-epoch state for --resume (state.py names and reads it). train.py decides what to train and where it goes;
+this module trains it.
 """
 import ctypes
-import hashlib
 import logging
 import math
 import os
@@ -17,7 +17,7 @@ from tqdm import tqdm
 import data
 import model as model_lib
 import results
-import rules
+import state as state_lib
 import stats
 from model import DTYPES
 from regularizers import lambdas, match_norms, norm_partners, penalized, penalty
@@ -217,47 +217,6 @@ def optimizer(net, cfg, steps_per_epoch):
     return opt, sched
 
 
-def state_path(folder, members):
-    """state/<name>@<seed>,<seed>+<name>@<seed>.pt for the (name, seed) members of a pack: one file per set of
-    members (names cannot contain @ , +); a very long set is shortened to its first name and a hash."""
-    by_name = {}
-    for name, seed in members:
-        by_name.setdefault(name, []).append(str(seed))
-    stem = "+".join(f"{n}@{','.join(s)}" for n, s in by_name.items())
-    if len(stem) > 200:
-        stem = f"{members[0][0]}@{hashlib.sha256(stem.encode()).hexdigest()[:16]}"
-    return os.path.join(folder, "state", stem + ".pt")
-
-
-def state_members(path):
-    """[(name, seed)] a state file's name spells out (None for a shortened one)."""
-    stem = os.path.basename(path)[:-3]
-    try:
-        return [(n, int(s)) for part in stem.split("+") for n, seeds in [part.split("@")] for s in seeds.split(",")]
-    except ValueError:
-        return None
-
-
-def signature(members, device):
-    """What a state file must match to be resumed: each member's name, seed and config that decides its numbers."""
-    return [rules.comparable(asdict(m)) | {"name": m.name, "seed": s, "device": device} for m, s in members]
-
-
-def load_state(state_path, members, device):
-    """A saved state of exactly these members, or ValueError naming the file and what differs."""
-    try:  # RNG states must stay CPU byte tensors: load everything to the CPU, load_state_dict moves the rest
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, or not a state file at all
-        raise ValueError(f"{state_path} is damaged ({type(e).__name__}); delete it to train those seeds from the start")
-    want, have = signature(members, device), state.get("members") or [{}]
-    if want != have:
-        diff = sorted({f"{k} ({h.get(k)!r} -> {w.get(k)!r})" for w, h in zip(want, have + [{}] * len(want))
-                       for k in set(w) | set(h) if w.get(k) != h.get(k)})
-        raise ValueError(f"{state_path} was saved by another config: {', '.join(diff) or 'other members'}; run that "
-                         f"command with --resume, or delete the file to start afresh")
-    return state
-
-
 def train_pack(members, split, state_path, resume, env, subsets=None):
     """Train K members for cfg.epochs; save state after every epoch; return (run entries, weights per member)."""
     cfg = members[0][0]
@@ -274,7 +233,7 @@ def train_pack(members, split, state_path, resume, env, subsets=None):
     for run, idx in zip(runs, subsets or []):  # which images each seed trained on, by hash
         run.update(train_images=len(idx), train_subset_sha256=data.indices_sha256(idx))
     if resume and os.path.exists(state_path):
-        state = load_state(state_path, members, cfg.device)
+        state = state_lib.load(state_path, members, cfg.device)
         net.load_state_dict(state["model"]); opt.load_state_dict(state["opt"]); sched.load_state_dict(state["sched"])
         for g, st in zip(pack["data_gens"] + pack["drop_gens"], state["rng"]):
             g.set_state(st)
@@ -304,7 +263,7 @@ def train_pack(members, split, state_path, resume, env, subsets=None):
                 tqdm.write(f"{m.name} seed {seed}: loss is not finite at epoch {epoch}: diverged")
         if all(r["status"] != "ok" for r in runs):
             break
-        results.save_torch(state_path, {"members": signature(members, cfg.device), "model": net.state_dict(), "opt": opt.state_dict(),
+        results.save_torch(state_path, {"members": state_lib.signature(members, cfg.device), "model": net.state_dict(), "opt": opt.state_dict(),
                                         "sched": sched.state_dict(), "histories": histories, "runs": runs,
                                         "rng": [g.get_state() for g in pack["data_gens"] + pack["drop_gens"]],
                                         "pending": pack["pending"].cpu()})

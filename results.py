@@ -1,5 +1,5 @@
 """The one owner of the results files: their schema, atomic writing (a checkpoint and its JSON as one unit),
-locking, reading and validating. (The per-epoch state for --resume is written through save_torch; loop.py names and
+locking, reading and validating. (The per-epoch state for --resume is written through save_torch; state.py names and
 reads it. The choices' files, recipe.json and choice.json, are choices.py's, written through write_json.)
 
     <folder>/<name>.json                   one variant: config, env, one run per seed, summary (schema 3)

@@ -29,6 +29,7 @@ from tqdm import tqdm  # noqa: E402
 import data  # noqa: E402
 import results  # noqa: E402
 import rules  # noqa: E402
+import state  # noqa: E402
 import stats  # noqa: E402
 import loop  # noqa: E402
 from config import FULL, Config, parse_args  # noqa: E402
@@ -145,7 +146,7 @@ def plan(cfgs, args, out, old):
     """(runs kept per name, packs to train). Refuses to pass over an interrupted run's state silently."""
     runs = {c.name: list(old[c.name]["runs"]) if old[c.name] else [] for c in cfgs}
     done = {c.name: {r["seed"] for r in runs[c.name]} for c in cfgs}
-    sweep_stale_states(out, runs)
+    state.sweep_stale(out, runs)
     for c in cfgs:
         again = sorted(done[c.name] & set(c.seeds))
         if again and args.overwrite:
@@ -160,10 +161,10 @@ def plan(cfgs, args, out, old):
     if cfgs[0].packed and todo:
         todo = unfinished_pack(out, cfgs, todo, runs)
     packs = [todo] if cfgs[0].packed and todo else [[m] for m in todo]
-    states = [loop.state_path(out, [(c.name, s) for c, s in p]) for p in packs]
+    states = [state.path(out, [(c.name, s) for c, s in p]) for p in packs]
     mine = {(c.name, s) for c, s in todo}
     for path in sorted(glob.glob(os.path.join(glob.escape(out), "state", "*.pt"))):
-        members = loop.state_members(path) or []
+        members = state.members_of(path) or []
         if path not in states and mine & set(members):
             raise ValueError(f"{path} holds an interrupted run of {', '.join(f'{n} seed {s}' for n, s in members)}, "
                              f"which this command would train again: continue it with the command that saved it "
@@ -172,7 +173,7 @@ def plan(cfgs, args, out, old):
         raise ValueError(f"--resume: no saved state for {', '.join(runs)} seeds {[s for _, s in todo]} in {out}/state")
     for pack, path in zip(packs, states):
         if os.path.exists(path) and not args.resume:
-            epochs = len(loop.load_state(path, pack, cfgs[0].device)["histories"][0])
+            epochs = len(state.load(path, pack, cfgs[0].device)["histories"][0])
             raise ValueError(f"{path} holds {epochs} of {cfgs[0].epochs} epochs of an interrupted run of these seeds; "
                              f"continue it with --resume, or delete that file to start afresh")
     return runs, list(zip(packs, states))
@@ -182,33 +183,11 @@ def unfinished_pack(out, cfgs, todo, runs):
     """The whole pack of a packed command when a kill while its results files were being written left some of
     them written and the rest only in its state: resuming that state writes them all. Else todo."""
     whole = [(c, s) for c in cfgs for s in c.seeds]
-    path = loop.state_path(out, [(c.name, s) for c, s in whole])
+    path = state.path(out, [(c.name, s) for c, s in whole])
     if todo == whole or not os.path.exists(path):
         return todo
     done = [(c.name, s) for c, s in whole if (c, s) not in todo]
-    return whole if written(path, [(c.name, s) for c, s in whole], done, runs) else todo
-
-
-def written(path, members, which, runs):
-    """Whether the state at path (of these members) holds, for each member in `which`, exactly the epochs its
-    results file already holds; False for a damaged state."""
-    try:
-        histories = torch.load(path, map_location="cpu", weights_only=True)["histories"]
-    except Exception:  # damaged: plan() names it when it is this pack's
-        return False
-    finished = {(n, r["seed"]): r["epochs"] for n in runs for r in runs[n]}
-    return len(histories) == len(members) and all(finished.get(m) == h for m, h in zip(members, histories) if m in which)
-
-
-def sweep_stale_states(out, runs):
-    """Remove the state files whose every member already sits in its JSON with the very epochs the state holds:
-    a kill between writing a result and removing its state leaves them."""
-    for path in glob.glob(os.path.join(glob.escape(out), "state", "*.pt")):
-        members = loop.state_members(path)
-        finished = {(n, r["seed"]) for n in runs for r in runs[n] if r["status"] == "ok"}
-        if members and all(m in finished for m in members) and written(path, members, members, runs):
-            os.remove(path)
-            tqdm.write(f"removed {path}: the run it saved is already written")
+    return whole if state.written(path, [(c.name, s) for c, s in whole], done, runs) else todo
 
 
 def announce(cfg, packs, n_train):
@@ -263,14 +242,14 @@ def main(argv=None):
                 if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
                     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt
                 announce(cfg, packs, len(next(iter(subsets.values()))) if subsets else len(split[0]))
-                for pack, state in packs:
-                    progress["state"] = state
-                    new, weights = loop.train_pack(pack, split, state, args.resume, env,
+                for pack, state_file in packs:
+                    progress["state"] = state_file
+                    new, weights = loop.train_pack(pack, split, state_file, args.resume, env,
                                                    subsets and [subsets[s] for _, s in pack])
                     with program.signals_held():  # a pack's results files and the removal of its state: all or none
                         record(out, pack, new, weights, runs)
-                        if os.path.exists(state):  # only now, with its results written, does the run need no state
-                            os.remove(state)
+                        if os.path.exists(state_file):  # only now, with its results written, does the run need no state
+                            os.remove(state_file)
                         progress["written"] += [f"{c.name} seed {s}" for c, s in pack]
         except (ValueError, data.DataError, results.ResultsError) as e:
             raise Stop(2, e)

@@ -14,6 +14,7 @@ import plot
 import report
 import results
 import rules
+import state
 import stats
 import train
 from conftest import DATA, FP32, checkpoint, one_line_error
@@ -257,19 +258,19 @@ def test_every_set_of_members_has_its_own_state_file(tmp_path):
     """state_path gives one file per set of (name, seed) members, and the members read back from its name."""
     sets = [[("l1", 0)], [("l2", 0)], [("l1", 0), ("l2", 0)], [("l1", 0), ("l1", 1)], [("l1", 0), ("l2", 1)],
             [("l1", 1), ("l2", 0)], [("l1", 0), ("l1", 1), ("l2", 0)], [("l1", 10)], [("l11", 0)]]
-    paths = [loop.state_path(str(tmp_path), m) for m in sets]
+    paths = [state.path(str(tmp_path), m) for m in sets]
     assert len(set(paths)) == len(sets), paths
-    assert [loop.state_members(p) for p in paths] == sets
+    assert [state.members_of(p) for p in paths] == sets
     assert all(os.path.dirname(p) == str(tmp_path / "state") for p in paths), paths
 
 
 def test_no_name_can_forge_another_packs_state_file(tmp_path):
     """The name that would give the pack l1 seed 0 + l2 seed 0 the state file of one member ('l1@0+l2') and the
     combined name 'l1+l2' are both refused, so state files never collide."""
-    pack = loop.state_path(str(tmp_path), [("l1", 0), ("l2", 0)])
-    assert loop.state_path(str(tmp_path), [("l1@0+l2", 0)]) == pack  # what a forged name would do
+    pack = state.path(str(tmp_path), [("l1", 0), ("l2", 0)])
+    assert state.path(str(tmp_path), [("l1@0+l2", 0)]) == pack  # what a forged name would do
     assert results.check_name("l1@0+l2") and results.check_name("l1+l2")
-    assert loop.state_path(str(tmp_path), [("l1+l2", 0)]) != pack
+    assert state.path(str(tmp_path), [("l1+l2", 0)]) != pack
 
 
 def test_a_very_long_pack_gets_a_short_distinct_state_file(tmp_path):
@@ -277,9 +278,9 @@ def test_a_very_long_pack_gets_a_short_distinct_state_file(tmp_path):
     such packs still differ."""
     a = [(f"variant{i}", s) for i in range(20) for s in range(3)]
     b = a[:-1]
-    pa, pb = loop.state_path(str(tmp_path), a), loop.state_path(str(tmp_path), b)
+    pa, pb = state.path(str(tmp_path), a), state.path(str(tmp_path), b)
     assert pa != pb and len(os.path.basename(pa)) < 50 and os.path.basename(pa).startswith("variant0@"), (pa, pb)
-    assert loop.state_members(pa) is None
+    assert state.members_of(pa) is None
 
 
 # -----------------------------------------------------------------------------
