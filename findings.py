@@ -96,13 +96,14 @@ def blocks(found, study, choice, settled=None):
         out["datasize"] = "\n".join(datasize_findings(rows)) + "\n"
         out["datasize-lambdas"] = "\n".join(lambda_notes(choice)) + "\n" if choice else "–\n"
     if settled:
-        out["confirm"] = confirmed(settled)
+        out["confirm"] = confirmed(settled, cs)
     return out
 
 
-def confirmed(settled):
+def confirmed(settled, cs5=None):
     """The confirmatory study in the plan's words: what is in, and each verdict once its study is complete (with
-    confirm.png, which plot.py draws from the same complete studies)."""
+    confirm.png, which plot.py draws from the same complete studies); the main replication beside the five-seed
+    study's contrasts cs5."""
     complete = any(s["contrasts"] for s in settled.values())
     lines = ["![confirm](results/confirm.png)", ""] if complete else []
     for study, title in (("main", "Main replication"), ("mechanism", "Mechanism control")):
@@ -114,9 +115,28 @@ def confirmed(settled):
         said = "; ".join(f"`{a}` {c['verdict']} ({c['mean']:+{d}} [{c['lo']:+{d}}, {c['hi']:+{d}}], Holm p "
                          f"{fmt_p(c['p_holm'])})" for (a, _), c in s["contrasts"].items())
         lines.append(f"- **{title}:** {said}." + (f" The plan's decision: **{s['decision']}**." if s["decision"] else ""))
-        if study == "mechanism":
-            lines.append(mechanism_shares(s))
+        lines += [mechanism_shares(s)] if study == "mechanism" else replication(s, cs5 or {})
     return "\n".join(lines) + "\n"
+
+
+def replication(s, cs5):
+    """The main replication against the aim (each variant's mean, the models below AIM) and against the five-seed
+    study: where one finds a difference the other does not, or the opposite one, the two disagree."""
+    aim, parts, below, total = rules.TARGETS["bn"], [], 0, 0
+    for name, r in s["found"].items():
+        mean, finals = r["summary"]["final_test_acc_mean"], stats.finals(r).values()
+        parts.append(f"`{name}` {mean:.3f} " + (f"reaches {aim:.2f} by {mean - aim:.3f}" if mean >= aim
+                                               else f"misses {aim:.2f} by {aim - mean:.3f}"))
+        below, total = below + sum(a < rules.AIM for a in finals), total + len(finals)
+    both = [(a, cs5[a], c) for (a, _), c in s["contrasts"].items() if cs5.get(a, {}).get("verdict")]
+    differ = [(a, old, new) for a, old, new in both
+              if old["reject"] != new["reject"] or (new["reject"] and old["side"] != new["side"])]
+    said = lambda rows: "; ".join(f"`{a}` {old['verdict']} with {old['n']} seeds, {new['verdict']} with {new['n']}"
+                                  for a, old, new in rows)
+    return [f"- **Against the aim** ({aim:.2f}%, the mean at the final epoch): {'; '.join(parts)}. {below} of the "
+            f"{total} models end below {rules.AIM:.2f}%.",
+            "- **Against the five-seed study:** " + (f"the two disagree: {said(differ)}." if differ else
+                                                      f"no verdict contradicts it: {said(both)}.")]
 
 
 def mechanism_shares(s):
@@ -124,6 +144,8 @@ def mechanism_shares(s):
     measure (loss) and the secondary one (accuracy), with what survives Holm's correction in the secondary."""
     share = lambda family, arm: 100 * family[(arm, rules.BASE)]["mean"] / family[("l2", rules.BASE)]["mean"]
     loss, acc = s["contrasts"], s["secondary"]
+    if not loss[("l2", rules.BASE)]["verdict"].startswith("beats"):
+        return f"- **No route to measure:** `l2` {loss[('l2', rules.BASE)]['verdict']} in loss."
     step, head = share(loss, "none_normmatch"), share(loss, "l2_conv9")
     kept = [f"`{a}` {c['verdict']}" for (a, b), c in acc.items() if c["reject"]]
     both = all(loss[(arm, rules.BASE)]["verdict"].startswith("beats") for arm in ("none_normmatch", "l2_conv9"))
@@ -131,9 +153,10 @@ def mechanism_shares(s):
             f"{step:.0f}% of `l2`'s mean loss reduction and `l2_conv9` (the penalty on the classifier alone) "
             f"{head:.0f}%; " + ("together more than 100%: the routes overlap rather than add. " if step + head > 100
                                  else f"together {step + head:.0f}%. ") +
-            f"In accuracy (secondary, decides nothing) the shares are {share(acc, 'none_normmatch'):.0f}% and "
-            f"{share(acc, 'l2_conv9'):.0f}%, but of those contrasts only {', '.join(kept) if kept else 'none'} "
-            f"after Holm's correction." + (
+            (f"In accuracy (secondary, decides nothing) the shares are {share(acc, 'none_normmatch'):.0f}% and "
+             f"{share(acc, 'l2_conv9'):.0f}%, but of those contrasts only {', '.join(kept) if kept else 'none'} "
+             f"after Holm's correction." if acc[("l2", rules.BASE)]["mean"] else
+             "In accuracy (secondary) `l2` and `none` do not differ on average.") + (
                 f" At 1,000 images L2 acts through both the effective step of the scale-invariant layers and the "
                 f"classifier; the {'classifier' if head > step else 'effective step'} carries more of the loss."
                 if both else ""))

@@ -10,6 +10,7 @@ import pytest
 
 import confirm
 import datasize
+import findings
 import plot
 import results
 import rules
@@ -165,6 +166,14 @@ def test_the_reading_waits_for_every_seed_then_speaks_the_plans_words(folder, mn
     assert sorted(c) == [("l1", "none"), ("l1l2", "none"), ("l2", "none")]
     assert all(v["verdict"] in ("is equal to none within ±0.05", "is not distinguishable from none") for v in c.values())
     assert plot.plot_confirm(confirm.reading(str(folder)))[:4] == b"\x89PNG"
+    five = {"l1": {"verdict": "beats none", "reject": True, "side": 1, "n": 5},
+            "l2": {"verdict": "is equal to none within ±0.1", "reject": False, "side": 0, "n": 5}}
+    text = findings.confirmed(confirm.reading(str(folder)), five)
+    assert "0 of the 80 models end below 99.40%" in text and "`none` 99.475 reaches 99.45" in text, text
+    against = next(line for line in text.splitlines() if "five-seed study" in line)
+    assert "the two disagree: `l1` beats none with 5 seeds, " in against and "`l2`" not in against, against
+    text = findings.confirmed(confirm.reading(str(folder)), {"l2": five["l2"]})
+    assert "no verdict contradicts it: `l2` is equal to none within ±0.1 with 5 seeds, " in text, text
 
 
 def test_a_pack_another_process_trains_takes_a_place_and_is_not_started(folder, monkeypatch):
