@@ -9,7 +9,8 @@ VARIANTS := none l1 l2 l1l2 gbn gbn_l1l2
 # the seeds of one variant train together in one grouped-conv graph (~20% faster per model on 2 cores); PACKED= trains them one by one
 PACKED  ?= --packed
 # make all trains JOBS variants at once, each with its share of the cores: on 2 cores two processes with one thread
-# each do ~1.25x the work of one with two (docs/performance.md); JOBS=1 trains them one by one on every core
+# each do ~1.25x the work of one with two (docs/performance.md); JOBS=1 trains them one by one with torch's own
+# thread count, as the committed study ran (bit for bit the same numbers on this machine)
 JOBS    ?= 2
 
 ifeq ($(shell echo '$(EPOCHS)' | grep -Ex '[1-9][0-9]*'),)
@@ -18,10 +19,15 @@ endif
 ifeq ($(shell echo '$(SEEDS)' | grep -Ex '[0-9]+(,[0-9]+)*'),)
 $(error SEEDS=$(SEEDS) must be comma-separated integers, e.g. make l1 SEEDS=0,1,2)
 endif
-ifeq ($(shell echo '$(JOBS)' | grep -Ex '[1-9][0-9]?'),)
+ifeq ($(shell echo '$(JOBS)' | grep -Ex '[1-9][0-9]*'),)
 $(error JOBS=$(JOBS) must be a positive integer, e.g. make all JOBS=1)
 endif
-THREADS_EACH := $(shell n=$$(env -u OMP_NUM_THREADS nproc 2>/dev/null || echo 2); echo $$(( n / $(JOBS) > 0 ? n / $(JOBS) : 1 )))
+ifneq ($(shell echo '$(TRAIN_THREADS)' | grep -Ev '^([1-9][0-9]*)?$$'),)
+$(error TRAIN_THREADS=$(TRAIN_THREADS) must be a positive integer: the threads of each train.py (OMP_NUM_THREADS))
+endif
+# the threads of each of make all's train.py processes: cores / JOBS; with one job, torch's own default
+ALL_THREADS := $(if $(filter 1,$(JOBS)),,$(shell n=$$(env -u OMP_NUM_THREADS nproc 2>/dev/null || echo 2); \
+                 echo $$(( n / $(JOBS) > 0 ? n / $(JOBS) : 1 ))))
 ifeq ($(filter $(DEVICE),auto cpu cuda),)
 $(error DEVICE=$(DEVICE) must be one of: auto cpu cuda)
 endif
@@ -43,9 +49,10 @@ help:
 
 ## all: set up, fetch MNIST, train every variant, render the figures and REPORT.md
 all: data
-	@echo "make all: $(words $(VARIANTS)) variants x seeds $(SEEDS) x $(EPOCHS) epochs into $(RESULTS)/ (seeds already there" \
-	      "with the same config are kept); each variant's train.py prints its own time estimate"
-	$(MAKE) --no-print-directory -j$(JOBS) -Oline $(VARIANTS) THREADS=$(THREADS_EACH)
+	@echo "make all: $(words $(VARIANTS)) variants x seeds $(SEEDS) x $(EPOCHS) epochs into $(RESULTS)/, $(JOBS) at a time (seeds" \
+	      "already there with the same config are kept); each train.py prints its own time estimate, and each of its" \
+	      "epoch lines starts with its variant's name"
+	$(MAKE) --no-print-directory -j$(JOBS) $(VARIANTS) TRAIN_THREADS=$(ALL_THREADS)
 	$(MAKE) --no-print-directory plots
 
 # the venv is built once from the pinned requirements; the stamp makes it an order-only prerequisite
@@ -61,9 +68,9 @@ data: | .venv/ok
 ## none | l1 | l2 | l1l2 | gbn | gbn_l1l2: train one variant (always trains), e.g. make l1 EPOCHS=15 SEEDS=0,1,2
 $(VARIANTS): | .venv/ok
 	$(PY) model.py
-	$(if $(THREADS),OMP_NUM_THREADS=$(THREADS)) $(PY) train.py --variant $@ --epochs $(EPOCHS) --seeds $(SEEDS) --device $(DEVICE) --out $(RESULTS) $(PACKED)
+	$(if $(TRAIN_THREADS),OMP_NUM_THREADS=$(TRAIN_THREADS)) $(PY) train.py --variant $@ --epochs $(EPOCHS) --seeds $(SEEDS) --device $(DEVICE) --out $(RESULTS) $(PACKED)
 
-## plots: verify every checkpoint, then render figures, REPORT.md, epochs.csv (and for results/ the README's blocks)
+## plots: verify every checkpoint, then render figures, REPORT.md, epochs.csv (and for results/ the blocks of README.md and docs/protocol.md)
 plots: verify
 	$(PY) plot.py --results $(RESULTS)
 	$(PY) report.py --results $(RESULTS) $(if $(filter results,$(RESULTS)),--readme README.md --doc docs/protocol.md)
@@ -89,10 +96,10 @@ bench-gpu: | .venv/ok
 
 ## clean: remove the venv and caches (keeps data/, results/ and the state of interrupted runs)
 clean:
-	rm -rf .venv .pytest_cache .benchmarks __pycache__ tests/__pycache__
+	rm -rf .venv .pytest_cache .benchmarks __pycache__ tests/__pycache__ bench/__pycache__
 
 ## recipe: choose the training recipe on the validation split (candidates x RECIPE_SEEDS), then lambda; -> results/recipe.json
-# candidates from the fewest changes to the most: the rule in results.py breaks ties (within 0.05 points) by this order
+# candidates from the fewest changes to the most: the rule in rules.py (applied by choices.py) breaks ties (within 0.05 points) by this order
 RECIPE_CANDIDATES := base nodrop rot10 constmom
 RECIPE_ARGS_base     :=
 RECIPE_ARGS_nodrop   := --dropout 0

@@ -41,7 +41,7 @@ def study_args(size, seeds):
 
 
 def spawn(args, env=None):
-    """train.py as a program (the tests run it in-process instead)."""
+    """train.py as a program, as the study drivers start it (the tests run it in-process instead)."""
     return subprocess.Popen([sys.executable, os.path.join(results.REPO, "train.py"), *args], env=env)
 
 

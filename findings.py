@@ -83,7 +83,7 @@ def fill(text, blocks, every=True):
     marked = [m.group(2) for m in BLOCK.finditer(text)]
     wrong = sorted(marked) != sorted(blocks) if every else (not marked or set(marked) - set(blocks))
     if wrong:
-        raise results.ResultsError(f"README markers {sorted(marked)} are not the generated blocks {sorted(blocks)}")
+        raise results.ResultsError(f"markers {sorted(marked)} are not the generated blocks {sorted(blocks)}")
     return BLOCK.sub(lambda m: m.group(1) + blocks[m.group(2)] + m.group(4), text)
 
 
@@ -139,26 +139,28 @@ def replication(s, cs5):
 
 
 def mechanism_shares(s):
-    """How much of l2's effect each arm alone recovers (arm − none over l2 − none, seed means), in the primary
-    measure (loss) and the secondary one (accuracy), with what survives Holm's correction in the secondary."""
+    """How much of l2's effect each arm alone recovers (arm − none over l2 − none, seed means: point estimates), in
+    the primary measure (loss) and the secondary one (accuracy), with what survives Holm's correction there."""
     share = lambda family, arm: 100 * family[(arm, rules.BASE)]["mean"] / family[("l2", rules.BASE)]["mean"]
     loss, acc = s["contrasts"], s["secondary"]
     if not loss[("l2", rules.BASE)]["verdict"].startswith("beats"):
         return f"- **No route to measure:** `l2` {loss[('l2', rules.BASE)]['verdict']} in loss."
     step, head = share(loss, "none_normmatch"), share(loss, "l2_conv9")
-    kept = [f"`{a}` {c['verdict']}" for (a, b), c in acc.items() if c["reject"]]
+    kept = [f"`{a}` {c['verdict']}" for (a, b), c in acc.items() if c["reject"] and b == rules.BASE]
     both = all(loss[(arm, rules.BASE)]["verdict"].startswith("beats") for arm in ("none_normmatch", "l2_conv9"))
-    return (f"- **What each route carries.** Alone, `none_normmatch` (l2's norms on conv1-8, no penalty) recovers "
-            f"{step:.0f}% of `l2`'s mean loss reduction and `l2_conv9` (the penalty on the classifier alone) "
-            f"{head:.0f}%; " + ("together more than 100%: the routes overlap rather than add. " if step + head > 100
-                                 else f"together {step + head:.0f}%. ") +
+    size = next(iter(s["found"].values()))["config"]["train_subset"]
+    return (f"- **What each route carries** (point estimates). Alone, `none_normmatch` (l2's norms on conv1-8, no "
+            f"penalty) recovers {step:.0f}% of `l2`'s mean loss reduction and `l2_conv9` (the penalty on the "
+            f"classifier alone) {head:.0f}%; " +
+            ("together more than 100%, so the two routes seem to overlap (the plan tests no interaction). "
+             if step + head > 100 else f"together {step + head:.0f}%. ") +
             (f"In accuracy (secondary, decides nothing) the shares are {share(acc, 'none_normmatch'):.0f}% and "
-             f"{share(acc, 'l2_conv9'):.0f}%, but of those contrasts only {', '.join(kept) if kept else 'none'} "
+             f"{share(acc, 'l2_conv9'):.0f}%, but against `{rules.BASE}` only {', '.join(kept) if kept else 'no arm'} "
              f"after Holm's correction." if acc[("l2", rules.BASE)]["mean"] else
              "In accuracy (secondary) `l2` and `none` do not differ on average.") + (
-                f" At 1,000 images L2 acts through both the effective step of the scale-invariant layers and the "
-                f"classifier; the {'classifier' if head > step else 'effective step'} carries more of the loss."
-                if both else ""))
+                f" Each route alone lowers the loss, so at {size:,} images L2 acts through both the effective step "
+                f"of the scale-invariant layers and the classifier; which carries more is not tested (the larger "
+                f"share: the {'classifier' if head > step else 'effective step'})." if both else ""))
 
 
 def recipe():
@@ -282,5 +284,6 @@ def control(settled):
     decision = settled and settled["mechanism"]["decision"]
     if not decision:
         return "no control has tested it yet."
-    return (f"the control at 1,000 images, where L2's effect on the loss is large, decides **{decision}** "
+    size = next(iter(settled["mechanism"]["found"].values()))["config"]["train_subset"]
+    return (f"the control at {size:,} images, where L2's effect on the loss is large, decides **{decision}** "
             f"([below](#settling-it-the-confirmatory-study)); at 60,000 images no control was run.")

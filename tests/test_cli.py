@@ -143,17 +143,21 @@ def test_make_rejects_bad_epochs():
     assert "train.py" not in r.stdout
 
 
-@pytest.mark.parametrize("jobs,layout", [("2", "-j2"), ("1", "-j1")])
-def test_make_all_trains_jobs_variants_at_once_with_their_share_of_the_cores(jobs, layout):
-    """`make all` runs JOBS variant targets at once, each train.py with cores / JOBS threads (at least one); the
-    thread count reaches train.py as OMP_NUM_THREADS. A JOBS that is no positive integer is refused."""
+@pytest.mark.parametrize("jobs", [2, 1])
+def test_make_all_trains_jobs_variants_at_once_with_their_share_of_the_cores(jobs):
+    """`make all` runs JOBS variant targets at once, each train.py with cores / JOBS threads (at least one), which
+    reach it as OMP_NUM_THREADS; one job leaves torch's own default. A JOBS or TRAIN_THREADS that is no positive
+    integer is refused."""
     r = subprocess.run(["make", "-n", "-C", ROOT, "all", f"JOBS={jobs}"], capture_output=True, text=True)
-    threads = max(1, len(os.sched_getaffinity(0)) // int(jobs))  # the cores this process may use, as nproc counts
-    assert r.returncode == 0 and f"{layout} -Oline none l1 l2 l1l2 gbn gbn_l1l2 THREADS={threads}" in r.stdout, r.stdout
-    r = subprocess.run(["make", "-n", "-C", ROOT, "l1", "THREADS=3"], capture_output=True, text=True)
-    assert "OMP_NUM_THREADS=3 .venv/bin/python train.py --variant l1" in r.stdout, r.stdout
-    r = subprocess.run(["make", "-n", "-C", ROOT, "all", "JOBS=0"], capture_output=True, text=True)
-    assert r.returncode != 0 and "JOBS=0 must be a positive integer" in r.stderr, r.stderr
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs) if jobs > 1 else ""  # the cores nproc counts
+    assert r.returncode == 0 and f"-j{jobs} none l1 l2 l1l2 gbn gbn_l1l2 TRAIN_THREADS={threads}\n" in r.stdout, r.stdout
+    r = subprocess.run(["make", "-n", "-C", ROOT, "l1", "TRAIN_THREADS=3"], capture_output=True, text=True)
+    assert "\nOMP_NUM_THREADS=3 .venv/bin/python train.py --variant l1" in r.stdout, r.stdout
+    r = subprocess.run(["make", "-n", "-C", ROOT, "l1"], capture_output=True, text=True)
+    assert "\n.venv/bin/python train.py --variant l1" in r.stdout, r.stdout
+    for bad in ("JOBS=0", "TRAIN_THREADS=x"):
+        r = subprocess.run(["make", "-n", "-C", ROOT, "all", bad], capture_output=True, text=True)
+        assert r.returncode != 0 and f"{bad} must be a positive integer" in r.stderr, r.stderr
 
 
 def test_a_pack_too_large_for_memory_is_refused(tmp_path, capsys, monkeypatch):

@@ -124,7 +124,7 @@ def test_a_hand_edited_readme_number_is_caught():
 
 def test_a_missing_marker_is_refused():
     """A README without one of the blocks' markers is refused with the names of both sides."""
-    with pytest.raises(results.ResultsError, match=r"README markers \[\] are not the generated blocks \['answer'\]"):
+    with pytest.raises(results.ResultsError, match=r"markers \[\] are not the generated blocks \['answer'\]"):
         findings.fill("no markers here\n", {"answer": "x\n"})
 
 
@@ -140,17 +140,25 @@ def test_epochs_csv_holds_every_epoch_as_the_json_does(two_variants):
 
 
 def test_the_mechanism_shares_follow_the_contrasts():
-    """Each arm's share is its difference from none over l2's; shares that add past 100% are called an overlap,
-    below it their sum is given, and the route that carries more of the loss is named from the numbers."""
-    def family(step, head, beats=True):
+    """Each arm's share is its difference from none over l2's; shares that add past 100% are said to seem to
+    overlap, below it their sum is given, the larger share is named as a point estimate, and without an l2 effect
+    (in loss) or an l2 difference (in accuracy) no share is computed."""
+    def family(step, head, beats=True, l2=-0.04):
         c = lambda mean, verdict, reject=True: {"mean": mean, "verdict": verdict, "reject": reject}
-        return {("l2", "none"): c(-0.04, "beats none"), ("none_normmatch", "none"): c(step, "beats none" if beats else
-                "is not distinguishable from none", beats), ("l2_conv9", "none"): c(head, "beats none")}
+        return {("l2", "none"): c(l2, "beats none" if l2 else "is equal to none within ±0.012", bool(l2)),
+                ("none_normmatch", "none"): c(step, "beats none" if beats else "is not distinguishable from none",
+                                              beats), ("l2_conv9", "none"): c(head, "beats none")}
     acc = family(0.2, 0.1) | {("l2", "none"): {"mean": 0.4, "verdict": "beats none", "reject": True}}
-    said = findings.mechanism_shares({"contrasts": family(-0.03, -0.02), "secondary": acc})
-    assert "recovers 75% of" in said and "classifier alone) 50%" in said and "overlap" in said, said
-    assert "shares are 50% and 25%" in said and "the effective step carries more" in said, said
-    said = findings.mechanism_shares({"contrasts": family(-0.01, -0.02), "secondary": acc})
-    assert "together 75%" in said and "the classifier carries more" in said, said
-    said = findings.mechanism_shares({"contrasts": family(-0.01, -0.02, beats=False), "secondary": acc})
+    found = {"none": {"config": {"train_subset": 1000}}}
+    said = findings.mechanism_shares({"contrasts": family(-0.03, -0.02), "secondary": acc, "found": found})
+    assert "recovers 75% of" in said and "classifier alone) 50%" in said and "seem to overlap" in said, said
+    assert "shares are 50% and 25%" in said and "at 1,000 images" in said and "share: the effective step)" in said
+    said = findings.mechanism_shares({"contrasts": family(-0.01, -0.02), "secondary": acc, "found": found})
+    assert "together 75%" in said and "share: the classifier)" in said, said
+    said = findings.mechanism_shares({"contrasts": family(-0.01, -0.02, beats=False), "secondary": acc, "found": found})
     assert "acts through both" not in said, said
+    flat = acc | {("l2", "none"): {"mean": 0.0, "verdict": "is equal to none within ±0.1", "reject": False}}
+    said = findings.mechanism_shares({"contrasts": family(-0.01, -0.02), "secondary": flat, "found": found})
+    assert "`l2` and `none` do not differ on average" in said, said
+    said = findings.mechanism_shares({"contrasts": family(-0.01, -0.02, l2=0.0), "secondary": acc, "found": found})
+    assert said == "- **No route to measure:** `l2` is equal to none within ±0.012 in loss.", said

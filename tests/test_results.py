@@ -255,7 +255,7 @@ def test_ordinary_names_are_accepted(name):
 
 
 def test_every_set_of_members_has_its_own_state_file(tmp_path):
-    """state_path gives one file per set of (name, seed) members, and the members read back from its name."""
+    """state.path gives one file per set of (name, seed) members, and the members read back from its name."""
     sets = [[("l1", 0)], [("l2", 0)], [("l1", 0), ("l2", 0)], [("l1", 0), ("l1", 1)], [("l1", 0), ("l2", 1)],
             [("l1", 1), ("l2", 0)], [("l1", 0), ("l1", 1), ("l2", 0)], [("l1", 10)], [("l11", 0)]]
     paths = [state.path(str(tmp_path), m) for m in sets]
