@@ -159,10 +159,12 @@ def write(folder, readme=None, docs=()):
         text += "\n".join(confirm_section(settled))
     files = {"REPORT.md": text.encode(), "epochs.csv": epochs_csv(found, study, settled)}
     written = results.write_files(folder, files)
+    blocks, filled = readme_blocks(folder) if readme or docs else None, []
     for path, every in [(readme, True)] * bool(readme) + [(doc, False) for doc in docs]:
         with open(path) as f:
             old = f.read()
-        new = findings.fill(old, readme_blocks(folder), every)
+        filled.append((path, old, findings.fill(old, blocks, every)))  # every document checked before any is written
+    for path, old, new in filled:
         if new != old:
             results.write_bytes(path, new.encode())
             written.append(path)

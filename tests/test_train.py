@@ -319,3 +319,15 @@ def test_fallback_is_recorded_for_every_variant_and_seeds_can_be_added(run_train
         res = json.load(open(tmp_path / f"{name}.json"))
         assert code == 0 and res["config"]["compile"] is False and res["env"]["compile_fallback"]
         assert [r["seed"] for r in res["runs"]] == [0, 1]
+
+
+def test_the_time_estimate_knows_the_thread_count(capsys, monkeypatch):
+    """train.py's estimate: ~15 s per packed model-epoch with two threads, ~23 s with one (two processes side by
+    side, as make all runs them), Ghost BN 1.5x; with one thread the same pack is expected to take longer."""
+    cfgs = train.parse_args(["--variant", "none", "--seeds", "0,1", "--packed"])[0]
+    packs = [([(cfgs[0], 0), (cfgs[0], 1)], "state.pt")]
+    for threads, each, minutes in ((2, 15, "7.5"), (1, 23, "12")):  # 2 models x 15 epochs x each s
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        train.announce(cfgs[0], packs, 60000)
+        line = capsys.readouterr().out
+        assert f"expect ~{minutes} min on 2 CPU cores (~{each} s per model-epoch)" in line, line
