@@ -99,11 +99,6 @@ def side(lo, hi):
     return (lo > 0) - (hi < 0)
 
 
-def paired_interval(a, b):
-    """interval() of a_i - b_i."""
-    return interval(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
-
-
 def paired(result, base, key="final_test_acc"):
     """(seeds both finished, result - base per seed). Only runs that differ in nothing but the penalty and the norm
     pair up; ValueError lists every other difference."""
