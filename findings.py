@@ -138,6 +138,11 @@ def replication(s, cs5):
                                                       f"no verdict contradicts it: {said(both)}.")]
 
 
+def subset(s):
+    """The training images of a confirmatory study's runs (its plan fixes one size for all)."""
+    return next(iter(s["found"].values()))["config"]["train_subset"]
+
+
 def mechanism_shares(s):
     """How much of l2's effect each arm alone recovers (arm − none over l2 − none, seed means: point estimates), in
     the primary measure (loss) and the secondary one (accuracy), with what survives Holm's correction there."""
@@ -148,7 +153,7 @@ def mechanism_shares(s):
     step, head = share(loss, "none_normmatch"), share(loss, "l2_conv9")
     kept = [f"`{a}` {c['verdict']}" for (a, b), c in acc.items() if c["reject"] and b == rules.BASE]
     both = all(loss[(arm, rules.BASE)]["verdict"].startswith("beats") for arm in ("none_normmatch", "l2_conv9"))
-    size = next(iter(s["found"].values()))["config"]["train_subset"]
+    size = subset(s)
     return (f"- **What each route carries** (point estimates). Alone, `none_normmatch` (l2's norms on conv1-8, no "
             f"penalty) recovers {step:.0f}% of `l2`'s mean loss reduction and `l2_conv9` (the penalty on the "
             f"classifier alone) {head:.0f}%; " +
@@ -284,6 +289,6 @@ def control(settled):
     decision = settled and settled["mechanism"]["decision"]
     if not decision:
         return "no control has tested it yet."
-    size = next(iter(settled["mechanism"]["found"].values()))["config"]["train_subset"]
+    size = subset(settled["mechanism"])
     return (f"the control at {size:,} images, where L2's effect on the loss is large, decides **{decision}** "
             f"([below](#settling-it-the-confirmatory-study)); at 60,000 images no control was run.")

@@ -138,28 +138,30 @@ def selection(recipe):
     return lines
 
 
+def studies(folder):
+    """(main study, data-size study, its choice.json, the confirmatory reading) of the results under folder."""
+    found, study = results.load_folder(folder), results.load_datasize(folder)
+    return found, study, choices.load_choice(os.path.join(folder, "datasize")) if study else None, confirm.reading(folder)
+
+
 def readme_blocks(folder):
     """The README's generated blocks from the verified results under folder (what `make plots` writes)."""
-    study = results.load_datasize(folder)
-    return findings.blocks(results.load_folder(folder), study,
-                           choices.load_choice(os.path.join(folder, "datasize")) if study else None,
-                           confirm.reading(folder))
+    return findings.blocks(*studies(folder))
 
 
 def write(folder, readme=None, docs=()):
     """REPORT.md, epochs.csv, with readme the README's generated blocks (all of them) and with docs the blocks
     each of those documents marks: the paths written."""
-    found, study = results.load_folder(folder), results.load_datasize(folder)
-    choice = choices.load_choice(os.path.join(folder, "datasize")) if study else None
+    found, study, choice, settled = studies(folder)
     text = report(found, choices.load_recipe(folder))
     if study:
         text += "\n".join(datasize_section(stats.datasize_rows(study), choice))
-    settled = confirm.reading(folder)
     if settled:
         text += "\n".join(confirm_section(settled))
     files = {"REPORT.md": text.encode(), "epochs.csv": epochs_csv(found, study, settled)}
     written = results.write_files(folder, files)
-    blocks, filled = readme_blocks(folder) if readme or docs else None, []
+    blocks = findings.blocks(found, study, choice, settled) if readme or docs else None
+    filled = []
     for path, every in [(readme, True)] * bool(readme) + [(doc, False) for doc in docs]:
         with open(path) as f:
             old = f.read()

@@ -242,16 +242,17 @@ def load_folder(folder):
     if not paths:
         raise ResultsError(f"{folder}: no results JSON found; train a variant first (make l1)")
     found = {os.path.basename(p)[:-5]: load(p) for p in paths}
-    check_split(folder)
+    check_split(folder, found=found)
     order = {n: i for i, n in enumerate(VARIANTS)}
     return dict(sorted(found.items(), key=lambda kv: (order.get(kv[1]["variant"], 99), kv[0])))
 
 
-def check_split(folder, val=None):
+def check_split(folder, val=None, found=None):
     """One folder holds one split: validation runs (--val) and test runs never mix, neither in the folder nor with
-    a run about to be written there (val: its split). Damaged files are load's to report."""
-    splits = {}
-    for path in result_paths(folder):
+    a run about to be written there (val: its split). found: the folder's results, where already loaded; else its
+    files are read here, and damaged ones are left to load to report."""
+    splits = {name: bool(r["config"]["val"]) for name, r in (found or {}).items()}
+    for path in [] if found is not None else result_paths(folder):
         try:
             splits[os.path.basename(path)[:-5]] = bool(read_json(path, "")["config"]["val"])
         except (ResultsError, KeyError, TypeError):
