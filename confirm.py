@@ -18,9 +18,7 @@ if __name__ == "__main__":
 import argparse
 import json
 import os
-import signal
 import sys
-import time
 from dataclasses import asdict
 
 import choices
@@ -28,7 +26,6 @@ import datasize
 import regularizers
 import results
 import rules
-import state
 import stats
 from config import Config
 from program import Stop
@@ -117,67 +114,12 @@ def packs(study, p, folder):
               "--out", out], out, s["variants"], b) for b in blocks]
 
 
-def done(out, names, seeds):
-    """Whether every (name, seed) is already in its results file."""
-    have = {}
-    for name in names:
-        path = os.path.join(out, f"{name}.json")
-        have[name] = {r["seed"] for r in results.load(path)["runs"]} if os.path.exists(path) else set()
-    return all(set(seeds) <= have[n] for n in names)
-
-
 def run(studies, folder, extra):
-    """Every pack of the studies not yet done, LAYOUT["processes"] train.py at a time with LAYOUT["threads"] each,
-    in the plan's order; two packs that write the same results file never run at once (train.py locks it). A pack
-    another process is training (its files' locks are held: another confirm.py, or a train.py left running) takes
-    a place too, and is skipped once it is done. Ctrl-C reaches every train.py (each keeps its finished epochs); a
-    SIGTERM here is passed on to them."""
+    """Every pack of the studies not yet done, in the plan's order and layout (datasize.run_packs)."""
     p = committed_plan(folder)
-    todo = [pack for study in studies for pack in packs(study, p, folder) if not done(*pack[1:])]
     env = dict(os.environ, OMP_NUM_THREADS=str(p["layout"]["threads"]))
-    running, codes, termed = [], [], []
-    files = lambda pack: {(pack[1], name) for name in pack[2]}
-    old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-           signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: termed.extend(
-               proc.send_signal(signal.SIGTERM) or proc for proc, _ in running))}
-    try:
-        while todo or running:
-            while not termed and not any(codes):
-                elsewhere = [pk for pk in todo if any(results.busy(out, name) for out, name in files(pk))]
-                # packs that write the same files are one process elsewhere (each file has one writer at a time)
-                if len(running) + len({frozenset(files(pk)) for pk in elsewhere}) >= p["layout"]["processes"]:
-                    break
-                todo = [pk for pk in todo if pk in elsewhere or not done(*pk[1:])]
-                taken = [other for _, other in running] + elsewhere
-                free = [pk for pk in todo if not any(files(pk) & files(other) for other in taken)]
-                if not free:
-                    break
-                pack = free[0]
-                todo.remove(pack)
-                args, out, names, seeds = pack
-                saved = state.path(out, [(n, s) for n in names for s in seeds])
-                args = [*args, *extra, *(["--resume"] if os.path.exists(saved) else [])]
-                print("python train.py " + " ".join(args), flush=True)
-                running.append((datasize.spawn(args, env), pack))
-            time.sleep(0.5)
-            for proc, pack in list(running):
-                if proc.poll() is not None:
-                    running.remove((proc, pack))
-                    codes.append(proc.returncode)
-            if (termed or any(codes)) and not running:
-                break
-            if not running and todo and all(any(results.busy(o, n) for o, n in files(pk)) for pk in todo):
-                time.sleep(30)  # only packs that another process trains: wait for them
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-    if termed:
-        raise Stop(143, "terminated (SIGTERM, passed on to train.py); what finished is kept")
-    bad = [c for c in codes if c]
-    if bad:
-        why = f"was killed by {signal.Signals(-bad[0]).name}" if bad[0] < 0 else f"exited {bad[0]}"
-        raise Stop(128 - bad[0] if bad[0] < 0 else bad[0], f"a train.py {why}; the study stops here (what finished "
-                                                            f"is kept; the same command continues)")
+    datasize.run_packs([(args + extra, out, names, seeds) for study in studies
+                        for args, out, names, seeds in packs(study, p, folder)], p["layout"]["processes"], env)
 
 
 # -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import choices
 import results
@@ -31,13 +32,14 @@ SIZES = [1000, 5000, 20000, 60000]            # 60000 = the whole training set
 STEPS, POINTS = 9375, 15                      # 5 epochs of 60k, 300 of 1k; evaluated every 625 steps
 GRID = {"l1": [1e-5, 1e-4, 1e-3, 1e-2],       # 4 λ's over 3 decades each; small data may want large ones
         "l2": [1e-4, 1e-3, 1e-2, 1e-1]}
-VAL_SEEDS, TEST_SEEDS = "0,1,2", "0,1,2,3,4"
+VAL_SEEDS, TEST_SEEDS = [0, 1, 2], [0, 1, 2, 3, 4]
 VARIANTS = ["none", "l1", "l2", "l1l2"]
 
 
 def study_args(size, seeds):
     """What the study fixes for every run of one size (verify.py checks each run's config against it)."""
-    return ["--train-subset", str(size), "--steps", str(STEPS), "--epochs", str(POINTS), "--seeds", seeds]
+    return ["--train-subset", str(size), "--steps", str(STEPS), "--epochs", str(POINTS),
+            "--seeds", ",".join(map(str, seeds))]
 
 
 def spawn(args, env=None):
@@ -45,31 +47,67 @@ def spawn(args, env=None):
     return subprocess.Popen([sys.executable, os.path.join(results.REPO, "train.py"), *args], env=env)
 
 
-def run_train(args, out, names, seeds):
-    """train.py as a program. Where an earlier start was interrupted (its pack's state is on disk) it continues
-    that run with --resume; Ctrl-C goes to train.py, which keeps what finished, and the study stops with it; a
-    SIGTERM to this process is passed on to train.py, which does the same."""
-    saved = state.path(out, [(name, int(s)) for name in names for s in seeds.split(",")])
+def done(out, names, seeds):
+    """Whether every (name, seed) of a pack is already in its results file."""
+    have = {n: {r["seed"] for r in results.load(os.path.join(out, f"{n}.json"))["runs"]}
+            if os.path.exists(os.path.join(out, f"{n}.json")) else set() for n in names}
+    return all(set(seeds) <= have[n] for n in names)
+
+
+def start(args, out, names, seeds, env):
+    """train.py for one pack; where an earlier start was interrupted (its state is on disk), with --resume."""
+    saved = state.path(out, [(name, seed) for name in names for seed in seeds])
     if os.path.exists(saved) and "--resume" not in args:
         print(f"continuing the interrupted run saved in {os.path.relpath(saved)}", flush=True)
         args = [*args, "--resume"]
     print("python train.py " + " ".join(args), flush=True)
-    proc = spawn(args)
-    termed = []
-    old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),  # after the spawn: train.py keeps its own Ctrl-C
-           signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: termed.append(proc.send_signal(signal.SIGTERM)))}
+    return spawn(args, env)
+
+
+def run_packs(todo, processes=1, env=None):
+    """Train each pack (train.py arguments, out, names, seeds) not yet done, `processes` train.py at a time, in
+    order. Two packs that write one results file never run at once; a pack another process is training (its files'
+    locks are held: another driver, or a train.py left running) takes a place, and is skipped once it is done.
+    Ctrl-C reaches every train.py (each keeps its finished epochs) and the study stops with them; a SIGTERM here is
+    passed on to them."""
+    running, codes, termed = [], [], []
+    files = lambda pack: {(pack[1], name) for name in pack[2]}
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: termed.extend(
+        proc.send_signal(signal.SIGTERM) or proc for proc, _ in running))}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # not SIG_IGN, which the train.py children would inherit
+        old[signal.SIGINT] = signal.signal(signal.SIGINT, lambda *_: None)
     try:
-        code = proc.wait()
+        while todo or running:
+            while not termed and not any(codes):
+                elsewhere = [pk for pk in todo if any(results.busy(out, name) for out, name in files(pk))]
+                # packs that write the same files are one process elsewhere (each file has one writer at a time)
+                if len(running) + len({frozenset(files(pk)) for pk in elsewhere}) >= processes:
+                    break
+                todo = [pk for pk in todo if pk in elsewhere or not done(*pk[1:])]
+                taken = [other for _, other in running] + elsewhere
+                free = [pk for pk in todo if not any(files(pk) & files(other) for other in taken)]
+                if not free:
+                    break
+                todo.remove(free[0])
+                running.append((start(*free[0], env), free[0]))
+            for proc, pack in list(running):
+                if proc.poll() is not None:
+                    running.remove((proc, pack))
+                    codes.append(proc.returncode)
+            if (termed or any(codes)) and not running:
+                break
+            if running or todo:  # with nothing running, only packs that another process trains are left
+                time.sleep(0.5 if running else 30)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    if code < 0:  # a signal train.py could not catch (kill -9): name it, and exit as a shell would
-        raise Stop(128 - code, f"train.py was killed by {signal.Signals(-code).name}; the study stops here (what "
-                               f"finished is kept; the same command continues an interrupted run)")
     if termed:
         raise Stop(143, "terminated (SIGTERM, passed on to train.py); what finished is kept")
-    if code:
-        raise Stop(code, f"train.py exited {code}; the study stops here (what finished is kept)")
+    bad = next((c for c in codes if c), 0)
+    if bad:  # a negative code: a signal train.py could not catch (kill -9): name it, and exit as a shell would
+        why = f"was killed by {signal.Signals(-bad).name}" if bad < 0 else f"exited {bad}"
+        raise Stop(128 - bad if bad < 0 else bad, f"train.py {why}; the study stops here (what finished is kept; "
+                                                  f"the same command continues)")
 
 
 def lambda_args(size):
@@ -84,8 +122,7 @@ def lambda_args(size):
 
 def search_lambdas(folder, size, extra=()):
     out = os.path.join(folder, "val", f"n{size}")
-    for name, args in lambda_args(size):
-        run_train([*args, "--out", out, *extra], out, [name], VAL_SEEDS)
+    run_packs([([*args, "--out", out, *extra], out, [name], VAL_SEEDS) for name, args in lambda_args(size)])
 
 
 def val_paths(folder, size):
@@ -129,7 +166,7 @@ def run_tests(folder, size, extra=()):
     if committed is None:
         print(f"note: no git here, so nothing shows that the λ choice for n{size} came before its test runs")
     out = os.path.join(folder, f"n{size}")
-    run_train([*test_args(choice, size), "--out", out, *extra], out, VARIANTS, TEST_SEEDS)
+    run_packs([([*test_args(choice, size), "--out", out, *extra], out, VARIANTS, TEST_SEEDS)])
 
 
 def run_all(folder, extra):

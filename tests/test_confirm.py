@@ -124,7 +124,7 @@ def test_two_packs_that_write_one_file_never_run_at_once(folder, monkeypatch):
             return 0
         returncode = 0
     monkeypatch.setattr(datasize, "spawn", lambda args, env: Proc(args))
-    monkeypatch.setattr(confirm.time, "sleep", lambda s: None)
+    monkeypatch.setattr(datasize.time, "sleep", lambda s: None)
     confirm.run(["mechanism", "main"], str(folder), [])
     mech = [i for i, (_, v, _) in enumerate(log) if v.startswith("none,l2")]
     assert len(mech) == 2 and log[1][1] == "none" and "none,l2,none_normmatch,l2_conv9" not in log[mech[1]][2], log
@@ -204,7 +204,7 @@ def test_a_pack_another_process_trains_takes_a_place_and_is_not_started(folder, 
             live.remove(self)
             return 0
     monkeypatch.setattr(datasize, "spawn", lambda args, env: Proc(args))
-    monkeypatch.setattr(confirm.time, "sleep", lambda s: None)
+    monkeypatch.setattr(datasize.time, "sleep", lambda s: None)
     confirm.run(["main"], str(folder), [])
     assert started[0] == ("l1", 0), started
     assert started[1][0] == "none" and all(n <= 1 for _, n in started), started
