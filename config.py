@@ -75,6 +75,8 @@ positive_int = typed(int, lambda v: v > 0, "must be an integer > 0")
 FLOAT32_MAX = 3.4e38  # the step computes in float32: a larger value overflows in the first step
 finite_nonneg = typed(float, lambda v: math.isfinite(v) and 0 <= v < FLOAT32_MAX, "must be a finite number >= 0")
 finite_pos = typed(float, lambda v: math.isfinite(v) and 0 < v < FLOAT32_MAX, "must be a finite number > 0")
+below_one = typed(float, lambda v: 0 <= v < 1, "must be a number >= 0 and < 1")
+share = typed(float, lambda v: 0 < v < 1, "must be a number > 0 and < 1")
 seed_list = typed(lambda s: [int(x) for x in s.split(",")],
                   lambda v: len(set(v)) == len(v) and all(0 <= x < 2**32 for x in v),
                   "must be distinct comma-separated integers in [0, 2^32), e.g. 0,1,2")
@@ -99,7 +101,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=seed_list, default=d.seeds, help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device, help="auto = cuda if present")
     for name, kind, help_ in [("epochs", positive_int, "epochs per seed"), ("lr", finite_pos, "OneCycle peak lr"),
-                              ("dropout", finite_nonneg, "dropout p"), ("warmup", finite_pos, "fraction of steps to the peak lr"),
+                              ("dropout", below_one, "dropout p"), ("warmup", share, "fraction of steps to the peak lr"),
                               ("rotate_deg", finite_nonneg, "rotation range in degrees"),
                               ("momentum", finite_nonneg, "SGD momentum when --no-cycle-momentum"),
                               ("virtual_batch", positive_int, "Ghost BN virtual batch"),
@@ -129,9 +131,6 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from <out>/state/ after an interruption")
     p.add_argument("--overwrite", action="store_true", help="replace a results file that holds another config")
     args = p.parse_args(argv)
-    for name in ("dropout", "warmup"):
-        if getattr(args, name) >= 1:
-            p.error(f"argument --{name}: {getattr(args, name)} must be < 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("argument --device: cuda was asked for but torch sees no CUDA device")
     if args.name in VARIANTS and args.variant != [args.name]:  # readers would take the file for that variant

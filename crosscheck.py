@@ -50,18 +50,19 @@ def expected_configs(args):
     return {c.name: asdict(c) for c in cfgs}
 
 
-def config_problems(folder, expected):
-    """Every results file in folder must be one of `expected` ({name: config}) with that config."""
+def config_problems(folder, expected, trainer, seeds=None):
+    """Every results file in folder must be one of `expected` ({name: config}) with that config, on exactly its
+    seeds or, with `seeds`, on any of those; trainer: what trains them ("{name}" filled in), for the message."""
     problems = []
     for path in results.result_paths(folder):
         name, cfg = os.path.basename(path)[:-5], results.read_json(path, "restore it")["config"]
         if name not in expected:
-            problems.append(f"{path}: not a run of the study (it writes {', '.join(expected)} here)")
+            problems.append(f"{path}: not a run of the study ({trainer.format(name=name)} writes {', '.join(expected)})")
             continue
         diff = rules.differences(expected[name], cfg, ignore=NOT_FIXED)
-        diff += [f"seeds ({expected[name]['seeds']} -> {cfg['seeds']})"] if cfg["seeds"] != expected[name]["seeds"] else []
-        if diff:
-            problems.append(f"{path}: not what datasize.py trains here ({', '.join(diff)})")
+        if [s for s in cfg["seeds"] if s not in seeds] if seeds is not None else cfg["seeds"] != expected[name]["seeds"]:
+            diff.append(f"seeds ({expected[name]['seeds'] if seeds is None else 'the plan'} -> {cfg['seeds']})")
+        problems += [f"{path}: not what {trainer.format(name=name)} trains ({', '.join(diff)})"] if diff else []
     return problems
 
 
@@ -82,7 +83,7 @@ def check_datasize(folder):
             continue
         val = os.path.join(folder, "val", f"n{size}")
         problems += config_problems(val, {n: c for name, args in datasize.lambda_args(size)
-                                          for n, c in expected_configs(args).items()})
+                                          for n, c in expected_configs(args).items()}, "datasize.py")
         entry = entries.get(str(size))
         if entry is None:
             problems += [f"{folder}/n{size}: test runs with no λ chosen for n{size} in {path}"] if size in tests else []
@@ -101,7 +102,8 @@ def check_datasize(folder):
             keys = sorted(k for k in set(again) | set(entry) if again.get(k) != entry.get(k))
             problems.append(f"{path}: n{size} differs from what its validation runs give in {', '.join(keys)} "
                             f"(they give {again['chosen']}, the file says {entry.get('chosen')})")
-        problems += config_problems(os.path.join(folder, f"n{size}"), expected_configs(datasize.test_args(entry, size)))
+        problems += config_problems(os.path.join(folder, f"n{size}"), expected_configs(datasize.test_args(entry, size)),
+                                    "datasize.py")
     return problems
 
 
@@ -139,15 +141,8 @@ def check_confirm(root):
         keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
         return [f"{path}: differs from what confirm.py writes from rules.py in {', '.join(keys)}"]
     for study in ("main", "mechanism"):
-        expected = {}
-        for args, out, _, _ in confirm.packs(study, have, root):
-            expected |= expected_configs(args)
-        out, seeds = os.path.join(root, have[study]["folder"]), set(have[study]["seeds"])
-        for p in results.result_paths(out):
-            name, cfg = os.path.basename(p)[:-5], results.read_json(p, "restore it")["config"]
-            diff = rules.differences(expected[name], cfg, ignore=NOT_FIXED) if name in expected else ["not an arm"]
-            diff += [f"seeds {sorted(set(cfg['seeds']) - seeds)} outside the plan"] if set(cfg["seeds"]) - seeds else []
-            problems += [f"{p}: not what the plan trains here ({', '.join(diff)})"] if diff else []
+        expected = {n: c for args, _, _, _ in confirm.packs(study, have, root) for n, c in expected_configs(args).items()}
+        problems += config_problems(os.path.join(root, have[study]["folder"]), expected, "the plan", have[study]["seeds"])
     return problems
 
 
@@ -157,16 +152,9 @@ STUDY_EPOCHS = 15  # the main study: `make all`'s variants at the Makefile's EPO
 def check_study(root):
     """The repository's results/: each <variant>.json there is the main study's run of that variant, with the
     variant table's λ's and Config's recipe (what `make all` trains), on any seeds."""
-    problems = []
-    for path in results.result_paths(root):
-        name, cfg = os.path.basename(path)[:-5], results.read_json(path, "restore it")["config"]
-        if name not in regularizers.VARIANTS:
-            problems.append(f"{path}: not a variant of the study ({', '.join(regularizers.VARIANTS)})")
-            continue
-        want = expected_configs(["--variant", name, "--epochs", str(STUDY_EPOCHS), "--packed"])[name]
-        diff = rules.differences(want, cfg, ignore=NOT_FIXED)
-        problems += [f"{path}: not what `make {name}` trains ({', '.join(diff)})"] if diff else []
-    return problems
+    expected = {v: expected_configs(["--variant", v, "--epochs", str(STUDY_EPOCHS), "--packed"])[v]
+                for v in (rules.BASE, *rules.FAMILIES["main"].variants)}
+    return config_problems(root, expected, "`make {name}`", range(2**32))
 
 
 def check_tree(root):

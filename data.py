@@ -178,8 +178,7 @@ def load_mnist(root=DEFAULT_ROOT, log=print, digests=None):
         if digests is not None:
             digests[name] = digest
         out.append(parse_idx(blob))
-    train_x, train_y, test_x, test_y = out
-    return train_x, train_y, test_x, test_y
+    return tuple(out)
 
 
 def data_sha256(digests):

@@ -1,10 +1,9 @@
 """The findings in words, from the verified results: the verdicts and sentences REPORT.md and the README share,
-and the README's generated blocks. py (`make plots`) writes these blocks between their markers in
-README.md; a test fails when the README differs from what the committed results give, so the README's result
-sections state no number that is not computed here.
+and the README's generated blocks, which report.py (`make plots`) writes between their markers; a test fails when
+the README differs from what the committed results give, so its result sections state no number not computed here.
 
-    <!-- py: NAME -->        the block NAME, generated
-    <!-- /py -->
+    <!-- report.py: NAME -->        the block NAME, generated
+    <!-- /report.py -->
 """
 import re
 
@@ -70,9 +69,8 @@ def lambda_notes(choice):
     return lines
 
 
-
 # -----------------------------------------------------------------------------
-# README.md: the blocks between <!-- report.py: NAME --> and <!-- /report.py --> are generated, nothing else
+# README.md: the blocks between their markers are generated, nothing else
 
 BLOCK = re.compile(r"(<!-- report\.py: ([a-z-]+) -->\n)(.*?)(<!-- /report\.py -->)", re.S)
 
@@ -122,18 +120,15 @@ def confirmed(settled, cs5=None):
 def replication(s, cs5):
     """The main replication against the aim (each variant's mean, the models below AIM) and against the five-seed
     study: where one finds a difference the other does not, or the opposite one, the two disagree."""
-    aim, parts, below, total = rules.TARGETS["bn"], [], 0, 0
-    for name, r in s["found"].items():
-        mean, finals = r["summary"]["final_test_acc_mean"], stats.finals(r).values()
-        parts.append(f"`{name}` {mean:.3f} {against(mean, aim)}")
-        below, total = below + sum(a < rules.AIM for a in finals), total + len(finals)
+    aim = rules.TARGETS["bn"]
+    parts, below = against_targets(s["found"], lambda r: aim)
     both = [(a, cs5[a], c) for (a, _), c in s["contrasts"].items() if cs5.get(a, {}).get("verdict")]
     differ = [(a, old, new) for a, old, new in both
               if old["reject"] != new["reject"] or (new["reject"] and old["side"] != new["side"])]
     said = lambda rows: "; ".join(f"`{a}` {old['verdict']} with {old['n']} seeds, {new['verdict']} with {new['n']}"
                                   for a, old, new in rows)
-    return [f"- **Against the aim** ({aim:.2f}%, the mean at the final epoch): {'; '.join(parts)}. {below} of the "
-            f"{total} models end below {rules.AIM:.2f}%.",
+    return [f"- **Against the aim** ({aim:.2f}%, the mean at the final epoch): {parts}. {below} end below "
+            f"{rules.AIM:.2f}%.",
             "- **Against the five-seed study:** " + (f"the two disagree: {said(differ)}." if differ else
                                                       f"no verdict contradicts it: {said(both)}.")]
 
@@ -247,17 +242,21 @@ def against(mean, goal):
     return f"reaches {goal:.2f} by {mean - goal:.3f}" if mean >= goal else f"misses {goal:.2f} by {goal - mean:.3f}"
 
 
+def against_targets(found, goal):
+    """('`none` 99.452 reaches 99.45 by 0.002; ...', 'k of the n models'): each variant's mean against its goal(r),
+    and how many of all the models end below the aim."""
+    finals = [a for r in found.values() for a in stats.finals(r).values()]
+    return "; ".join(f"`{name}` {r['summary']['final_test_acc_mean']:.3f} "
+                     f"{against(r['summary']['final_test_acc_mean'], goal(r))}" for name, r in found.items()), \
+        f"{sum(a < rules.AIM for a in finals)} of the {len(finals)} models"
+
+
 def targets(found):
     """The targets bullet: each variant's mean against the target of its norm, and the seeds below the aim."""
-    parts, below, total = [], 0, 0
-    for name, r in found.items():
-        mean, goal = r["summary"]["final_test_acc_mean"], rules.TARGETS[r["config"]["norm"]]
-        parts.append(f"`{name}` {mean:.3f} {against(mean, goal)}")
-        finals = stats.finals(r).values()
-        below, total = below + sum(a < rules.AIM for a in finals), total + len(finals)
+    parts, below = against_targets(found, lambda r: rules.TARGETS[r["config"]["norm"]])
     return (f"- **Targets** (five-seed mean at the final epoch; {rules.TARGETS['bn']:.2f}% with BatchNorm, "
-            f"{rules.TARGETS['gbn']:.2f}% with Ghost BN): {'; '.join(parts)}. {below} of the {total} models end "
-            f"below {rules.AIM:.2f}% (REPORT.md names them).")
+            f"{rules.TARGETS['gbn']:.2f}% with Ghost BN): {parts}. {below} end below {rules.AIM:.2f}% (REPORT.md "
+            f"names them).")
 
 
 def effective_step(found, settled=None):

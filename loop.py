@@ -182,15 +182,10 @@ def build_pack(members, device, subsets=None):
                  "pending": torch.empty((0, len(members)), dtype=torch.int64, device=device)}
 
 
-def model_memory(cfg):
-    """Bytes one more model in a pack costs: ~87 MB measured (peak RSS of 1 vs 10 packed models, 10,000 evaluation
-    images), most of it the evaluation's activations, so it grows with an eval batch above 500."""
-    return 87e6 * max(1.0, cfg.eval_batch_size / 500)
-
-
-def pack_memory(k, cfg):
-    """Bytes a pack of k models needs: ~1 GB for torch, the compiled step and the data (measured), then per model."""
-    return 1.0e9 + k * model_memory(cfg)
+def model_memory(cfg, k=1):
+    """Bytes k more models in a pack cost: ~87 MB each, measured (peak RSS of 1 vs 10 packed models, 10,000
+    evaluation images), most of it the evaluation's activations, so it grows with an eval batch above 500."""
+    return k * 87e6 * max(1.0, cfg.eval_batch_size / 500)
 
 
 def compiled(fn, device):

@@ -144,11 +144,6 @@ def studies(folder):
     return found, study, choices.load_choice(os.path.join(folder, "datasize")) if study else None, confirm.reading(folder)
 
 
-def readme_blocks(folder):
-    """The README's generated blocks from the verified results under folder (what `make plots` writes)."""
-    return findings.blocks(*studies(folder))
-
-
 def write(folder, readme=None, docs=()):
     """REPORT.md, epochs.csv, with readme the README's generated blocks (all of them) and with docs the blocks
     each of those documents marks: the paths written."""

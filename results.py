@@ -52,8 +52,8 @@ def check_name(name):
 def sweep_temporaries(folder):
     """Remove the *.tmp<PID> files of processes that no longer run (a kill -9 leaves them behind)."""
     for path in glob.glob(os.path.join(glob.escape(folder), "*.tmp[0-9]*")):
-        pid = int(re.search(r"\.tmp(\d+)$", path).group(1)) if re.search(r"\.tmp(\d+)$", path) else None
-        if pid and pid != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+        pid = re.search(r"\.tmp(\d+)$", path)
+        if pid and int(pid[1]) != os.getpid() and not os.path.exists(f"/proc/{pid[1]}"):
             with contextlib.suppress(OSError):
                 os.remove(path)
 
@@ -208,13 +208,9 @@ def load(path):
     return r
 
 
-def checkpoint_path(folder, run):
-    return os.path.join(folder, run["checkpoint"])
-
-
 def load_checkpoint(folder, run):
     """A run's final state_dict, from the checkpoint its JSON names (relative to the JSON's folder)."""
-    path = checkpoint_path(folder, run)
+    path = os.path.join(folder, run["checkpoint"])
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

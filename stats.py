@@ -112,12 +112,13 @@ def paired(result, base, key="final_test_acc"):
 
 
 def curves(result, key):
-    """(epochs,) and (seeds, epochs) array of one per-epoch metric; NaN where a run diverged or stopped early."""
-    n = result["config"]["epochs"]
+    """(epochs,) and (seeds, epochs) array of one per-epoch metric (a record's key, or a function of the record);
+    NaN where a run diverged or stopped early."""
+    n, get = result["config"]["epochs"], key if callable(key) else lambda e: e[key]
     arr = np.full((len(result["runs"]), n), np.nan)
     for i, run in enumerate(result["runs"]):
         for e in run["epochs"]:
-            arr[i, e["epoch"] - 1] = np.nan if e[key] is None else e[key]
+            arr[i, e["epoch"] - 1] = np.nan if get(e) is None else get(e)
     return np.arange(1, n + 1), arr
 
 
@@ -212,16 +213,12 @@ SCALE_INVARIANT = LAYERS[:8]  # they feed ReLU -> BatchNorm: the output ignores 
 
 
 def norm_curves(result):
-    """{conv1: (seeds, epochs), ...} weight norms of the runs whose epochs record weight_norm; None where none do."""
-    runs = [run for run in result["runs"] if run["epochs"] and all("weight_norm" in e for e in run["epochs"])]
-    if not runs:
+    """{conv1: (seeds, epochs), ...} weight norms; None where the epochs do not record them (older files)."""
+    if not all("weight_norm" in e for run in result["runs"] for e in run["epochs"]):
         return None
-    norms = {k: np.full((len(runs), result["config"]["epochs"]), np.nan) for k in LAYERS}
-    for i, run in enumerate(runs):
-        for e in run["epochs"]:
-            for k in LAYERS:
-                norms[k][i, e["epoch"] - 1] = np.nan if e["weight_norm"].get(k) is None else e["weight_norm"][k]
-    return norms
+    return {k: curves(result, lambda e, k=k: e["weight_norm"].get(k))[1] for k in LAYERS}
+
+
 EPOCH_RANGES = [(1, 4), (5, 10), (11, 15)]            # early, the middle where penalised runs trail, the anneal
 
 

@@ -132,7 +132,7 @@ def check(cfgs, args, out):
         elif r:
             results.check_merge(path, r, asdict(c))
     k = sum(len(c.seeds) for c in cfgs) if cfg.packed else 1
-    need, avail = loop.pack_memory(k, cfg), available_memory()
+    need, avail = 1e9 + loop.model_memory(cfg, k), available_memory()  # ~1 GB: torch, the step, the data
     if avail and need > avail:
         raise ValueError(f"--packed: {k} models need ~{need / 1e9:.1f} GB (1 GB "
                          f"+ ~{loop.model_memory(cfg) / 1e6:.0f} MB per model at --eval-batch-size "

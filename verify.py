@@ -74,11 +74,11 @@ def verify_tree(root, data_dir):
     for folder in results.result_folders(root):
         for name, r in results.load_folder(folder).items():
             images, labels = data.eval_split(mnist, r["config"]["val"], r["config"]["test_limit"])
-            named |= {os.path.normpath(results.checkpoint_path(folder, run)) for run in r["runs"] if run.get("checkpoint")}
+            named |= {os.path.normpath(os.path.join(folder, run["checkpoint"])) for run in r["runs"] if run.get("checkpoint")}
             for run in (run for run in r["runs"] if run["status"] == "ok"):
                 acc, problems = check_run(folder, r["config"], run, images, labels)
                 checked, bad = checked + 1, bad + bool(problems)
-                where = os.path.relpath(results.checkpoint_path(folder, run))
+                where = os.path.relpath(os.path.join(folder, run["checkpoint"]))
                 lines.append(f"{where} -> {acc:.2f}%: " + ("; ".join(problems).upper() if problems else "equals its JSON"))
     found = (os.path.normpath(os.path.join(d, f)) for d, files in results.folders(root) for f in files if f.endswith(".pt"))
     unnamed = sorted(p for p in found if p not in named)

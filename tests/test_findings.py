@@ -95,7 +95,7 @@ def test_step_ratio_by_hand(tmp_path, mnist):
 # the README and epochs.csv
 
 def committed_blocks():
-    return report.readme_blocks(RESULTS)
+    return findings.blocks(*report.studies(RESULTS))
 
 
 def test_the_readme_states_what_the_committed_results_give():
