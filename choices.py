@@ -8,10 +8,10 @@ git's HEAD holds, so datasize.py and confirm.py can refuse to run tests before t
     python choices.py recipe results/recipe base nodrop rot10 constmom   # apply the rules -> results/recipe.json
                                                                           # (--overwrite: replace another choice)
 """
+import argparse
 import json
 import os
 import subprocess
-import sys
 
 import results
 import rules
@@ -107,17 +107,19 @@ def write_choice(folder, size, runs, grid):
     return entry
 
 
-def main(argv):
-    usage = "usage: python choices.py recipe FOLDER CANDIDATE [CANDIDATE ...] [--overwrite]"
-    overwrite, argv = "--overwrite" in argv, [a for a in argv if a != "--overwrite"]
-    if len(argv) < 3 or argv[0] != "recipe":
-        sys.exit(usage)
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="choices.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("step", choices=["recipe"], help="apply the recipe and λ rules to validation runs")
+    p.add_argument("folder", help="the candidates' runs <name>.json, the λ runs in lambda/; recipe.json goes beside it")
+    p.add_argument("candidates", nargs="+", help="candidate names, from the fewest changes to the most")
+    p.add_argument("--overwrite", action="store_true", help="replace a recipe.json that holds another choice")
+    args = p.parse_args(argv)
     try:
-        rec = write_recipe(argv[1], argv[2:], overwrite)
+        rec = write_recipe(args.folder, args.candidates, args.overwrite)
     except results.ResultsError as e:
-        sys.exit(f"choices.py: error: {e}")
+        p.exit(2, f"choices.py: error: {e}\n")
     except (KeyError, TypeError, IndexError, AttributeError) as e:  # JSON that parses but is no results file
-        sys.exit(f"choices.py: error: a file in {argv[1]} is not what train.py writes ({type(e).__name__}: {e})")
+        p.exit(2, f"choices.py: error: a file in {args.folder} is not what train.py writes ({type(e).__name__}: {e})\n")
     for c in rec["candidates"]:
         mean = "diverged" if c["val_acc_mean"] is None else f"{c['val_acc_mean']:.3f}"
         print(f"{c['name']:>10}: val acc {mean} over seeds {c['seeds']} {c['val_acc']}")
@@ -125,4 +127,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -112,7 +112,7 @@ def parse_args(argv=None):
                                                              f"drawn per seed ({FULL} = the whole training set)"),
                               ("steps", positive_int, "optimizer steps in all, in --epochs segments (default: "
                                                       "--epochs passes over the data)")]:
-        default = None if name.endswith(("limit", "subset", "steps")) else getattr(d, name)
+        default = getattr(d, name)
         p.add_argument(flag(name), type=kind, default=default,
                        help=help_ + ("" if name == "steps" else f" (default {default or 'all'})"))
     for name, help_ in [("packed", "train every (variant, seed) in one grouped-conv graph"),
@@ -168,8 +168,6 @@ def parse_args(argv=None):
     if args.steps and args.steps % args.epochs:
         p.error(f"argument --steps: {args.steps} must split into --epochs {args.epochs} equal segments")
     common = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "variant", "l1", "l2")}
-    common.update(train_limit=args.train_limit or 0, test_limit=args.test_limit or 0,
-                  train_subset=args.train_subset or 0, steps=args.steps or 0)
     cfgs = []
     for v in args.variant:
         lam = {key: getattr(args, key) if getattr(args, key) is not None and getattr(VARIANTS[v], key)

@@ -34,7 +34,8 @@ from regularizers import VARIANTS
 
 # a diverged run stops early: its missing epochs are NaN, and an all-NaN column is expected, not an error
 warnings.filterwarnings("ignore", "Mean of empty slice|All-NaN slice encountered", RuntimeWarning)
-COLORS = dict(zip(VARIANTS, ["black", "tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]))
+COLORS = dict(zip(VARIANTS, ["black", "tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red", "tab:brown",
+                             "tab:pink"]))
 
 
 def color(result):
@@ -251,16 +252,15 @@ def plot_confirm(settled):
     done = [k for k in ("main", "mechanism") if settled[k]["contrasts"]]
     if not done:
         return None
-    panels = {"main": 1, "mechanism": 2}
-    fig, axes = plt.subplots(1, sum(panels[k] for k in done), figsize=(6.2 * sum(panels[k] for k in done), 4.8),
-                             squeeze=False)
+    panels = len(done) + ("mechanism" in done)  # the mechanism's curves, then each study's contrasts
+    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4.8), squeeze=False)
     axes, margins = list(axes[0]), {"main": rules.CONFIRM_MARGIN, "mechanism": rules.MECHANISM_MARGIN}
     for study in done:
         s, ax = settled[study], axes.pop(0)
         if study == "mechanism":  # the arms' curves first: what the contrasts summarise
             for name, r in s["found"].items():
                 x, arr = stats.curves(r, "test_loss")
-                band(ax, x, arr, name, COLORS.get(name, {"none_normmatch": "tab:brown", "l2_conv9": "tab:pink"}.get(name)))
+                band(ax, x, arr, name, COLORS.get(name))
             ax.set(title="1,000 images: test loss per evaluation (seed mean, min-max)", xlabel="evaluation (of 15)",
                    ylabel="test loss", yscale="log")
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

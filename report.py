@@ -189,7 +189,9 @@ def datasize_section(rows, choice):
               f"{r['loss_max']:.4f}] | {cell(r, 'loss', '.4f')} |" for r in rows if r["acc_mean"] is not None]
     for key, name, digits in (("acc", "datasize_acc", ".2f"), ("loss", "datasize_loss", ".4f")):
         fam = rules.FAMILIES[name]
-        tested = {(r["size"], r["variant"]): family_entry(r, key) for r in rows if r[f"{key}_p"] is not None}
+        tested = {(r["size"], r["variant"]): {"n": r["seeds"], "mean": r[f"{key}_diff"]} |  # as stats.family has it
+                  {k: r[f"{key}_{k}"] for k in ("lo", "hi", "p", "p_holm", "lo90", "hi90", "verdict")}
+                  for r in rows if r[f"{key}_p"] is not None}
         lines += ["", f"Family `{name}`: {fam.what}; Holm's correction over its {len(tested)} contrasts" +
                   (f"; equal within ±{fam.margin:g} where the 90% interval lies inside it." if fam.margin else "."), "",
                   *CONTRAST_HEADER, *contrast_rows(tested, digits, lambda k: f"{k[1]} at {k[0]:,}")]
@@ -205,13 +207,6 @@ def datasize_section(rows, choice):
                          f"{c['reference']['val_acc_mean']:.2f} | {pts} |")
         lines += ["", *findings.lambda_notes(choice)]
     return lines + [""]
-
-
-def family_entry(row, key):
-    """A data-size row's contrast in the shape stats.family returns, for contrast_rows."""
-    return {"n": row["seeds"], "mean": row[f"{key}_diff"], "lo": row[f"{key}_lo"], "hi": row[f"{key}_hi"],
-            "p": row[f"{key}_p"], "p_holm": row[f"{key}_p_holm"], "lo90": row[f"{key}_lo90"],
-            "hi90": row[f"{key}_hi90"], "verdict": row[f"{key}_verdict"]}
 
 
 # -----------------------------------------------------------------------------

@@ -58,15 +58,9 @@ def load_split(cfg, digests):
     root = in_repo(cfg.data, Config.data)
     if data.missing_folder(cfg.data, Config.data):
         raise ValueError(data.missing_folder(cfg.data, Config.data))
-    train_x, train_y, test_x, test_y = data.load_mnist(root, log=tqdm.write, digests=digests)
-    if cfg.val:
-        train_x, train_y, test_x, test_y = train_x[:50000], train_y[:50000], train_x[50000:], train_y[50000:]
-    for flag, limit, n in [("--train-limit", cfg.train_limit, len(train_x)), ("--test-limit", cfg.test_limit, len(test_x))]:
-        if limit > n:
-            raise ValueError(f"{flag} {limit} is larger than the {n:,} images available")
-    train_x, train_y = train_x[:cfg.train_limit or None], train_y[:cfg.train_limit or None]
-    test_x, test_y = test_x[:cfg.test_limit or None], test_y[:cfg.test_limit or None]
-    return [t.to(cfg.device) for t in (train_x, train_y, test_x, test_y)]
+    mnist = data.load_mnist(root, log=tqdm.write, digests=digests)
+    end = cfg.train_limit or (50000 if cfg.val else None)  # --val trains on the first 50,000
+    return [t.to(cfg.device) for t in (mnist[0][:end], mnist[1][:end], *data.eval_split(mnist, cfg.val, cfg.test_limit))]
 
 
 # -----------------------------------------------------------------------------

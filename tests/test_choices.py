@@ -95,12 +95,13 @@ def test_a_diverged_candidate_is_never_chosen(search, run_train):
 
 
 def test_the_recipe_command_refuses_in_one_line(search, run_train, capsys):
-    """`python choices.py recipe` on a refused input exits with one line naming the file; recipe.json absent."""
+    """`python choices.py recipe` on a refused input exits 2 with one line naming the file; recipe.json absent."""
     run_train("--variant", "l1", *FAST, "--l1", "3e-4", "--name", "l1-3e-4", out=search / "lambda", name="l1-3e-4")
+    capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         choices.main(["recipe", str(search), "base", "nodrop"])
-    message = str(e.value.code)
-    assert message.startswith("choices.py: error: ") and len(message.splitlines()) == 1, message
+    message = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and message.startswith("choices.py: error: ") and len(message.splitlines()) == 1, message
     assert str(search / "lambda" / "l1-3e-4.json") in message and not (search.parent / "recipe.json").exists()
 
 

@@ -120,7 +120,8 @@ def test_recipe_json_is_written_once(recipe, capsys):
     before = (recipe / "recipe.json").read_bytes()
     with pytest.raises(SystemExit) as e:
         choices.main(["recipe", str(recipe / "recipe"), "base"])
-    assert "already holds another choice" in str(e.value) and "--overwrite" in str(e.value), e.value
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "already holds another choice" in err and "--overwrite" in err, err
     assert (recipe / "recipe.json").read_bytes() == before
     choices.main(["recipe", str(recipe / "recipe"), "base", "nodrop", "rot10", "constmom"])
     assert json.loads((recipe / "recipe.json").read_bytes()) | {"schema": 2} == json.loads(before)
