@@ -23,7 +23,6 @@ from model import DTYPES
 from regularizers import lambdas, match_norms, norm_partners, penalized, penalty
 
 
-
 def seed_everything(seed):
     """Seed every RNG and turn on the deterministic algorithms: same command, same numbers."""
     import random

@@ -51,9 +51,7 @@ class Net(nn.Sequential):
     """Layers are registered in forward order, so printing, iterating and the state_dict follow the data."""
 
     def __init__(self, dropout=0.05, norm="bn", virtual_batch=8):
-        def bn(c):
-            return nn.BatchNorm2d(c) if norm == "bn" else GhostBatchNorm2d(c, virtual_batch)
-
+        bn = lambda c: nn.BatchNorm2d(c) if norm == "bn" else GhostBatchNorm2d(c, virtual_batch)
         layers = OrderedDict()
         def block(i, c_in, c_out, drop=True):  # conv 3x3 -> ReLU -> BN (-> Dropout)
             layers[f"conv{i}"], layers[f"relu{i}"], layers[f"bn{i}"] = conv(c_in, c_out, 3), nn.ReLU(), bn(c_out)

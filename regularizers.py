@@ -68,19 +68,13 @@ def penalty(params, l1=0.0, l2=0.0, k=None):
     rows = (k or 1, -1)
     total = params[0].new_zeros(rows[0])
     for lam, size in ((l1, lambda p: p.abs()), (l2, lambda p: p.pow(2))):
-        if not active(lam):
+        if not torch.is_tensor(lam) and not lam:  # None or 0 adds nothing; a tensor's values are never read (a sync)
             continue
         if torch.is_tensor(lam) and lam.dim() == 2:  # per layer
             total = total + sum(lam_i * size(p.reshape(rows)).sum(1) for lam_i, p in zip(lam, params))
         else:  # one lambda for every layer: factored out, as every committed run computed it
             total = total + lam * sum(size(p.reshape(rows)).sum(1) for p in params)
     return total if k else total[0]
-
-
-def active(lam):
-    """Whether a lambda adds a term: None and 0 do not; a tensor does (decided without reading its values, which
-    would force a device sync and break a compiled graph: train.py passes None when every lambda is 0)."""
-    return torch.is_tensor(lam) or (lam is not None and lam != 0)
 
 
 # -----------------------------------------------------------------------------
