@@ -217,7 +217,7 @@ def main_findings(found, cs, settled=None):
     lines.append(f"- **{head}** ({base['config']['epochs']} epochs; Holm's correction over the {len(tested)} "
                  f"contrasts): {grouped(cs, tested)}. \"Equal within ±{rules.MARGIN:g}\" means the 90% interval "
                  f"lies inside ±{rules.MARGIN:g} points; a difference of a few hundredths is not resolved by "
-                 f"{len(stats.finals(base))} seeds.")
+                 f"{len(stats.finals(base))} seeds." + replicated(settled))
     lines.append(targets(found))
     if all(n in found for n in ("l1", "l2", "l1l2")):
         lines.append(effective_step(found, settled))
@@ -235,6 +235,17 @@ def main_findings(found, cs, settled=None):
                      f"(the widest: `{widest}`, {std[widest]:.2f}), at {secs['gbn'] / secs[rules.BASE]:.1f}x the "
                      f"median time per epoch.")
     return "\n".join(lines) + "\n"
+
+
+def replicated(settled):
+    """' On 20 fresh seeds ... the confirmatory study finds: ...' once its main replication is complete, else ''."""
+    main = settled and settled["main"]["contrasts"]
+    if not main:
+        return ""
+    cs = {a: c for (a, _), c in main.items()}
+    return (f" On {min(c['n'] for c in cs.values())} fresh seeds per variant, at the ±{rules.CONFIRM_MARGIN:g} the "
+            f"question asks for, the confirmatory study ([below](#settling-it-the-confirmatory-study)) finds: "
+            f"{grouped(cs, list(cs))}.")
 
 
 def against(mean, goal):
