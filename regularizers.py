@@ -2,10 +2,9 @@
 
 Which parameters are penalised: the convolution weights only, as in the seed's intent. BatchNorm's affine
 parameters are left out on purpose: beta is a shift with no notion of "small is simple", and an L1 pull on
-gamma prunes whole channels (network slimming), a different experiment from weight decay. Note that every
-convolution except the last one feeds a ReLU -> BatchNorm, which makes the output invariant to the scale of
-its weights; on those layers a penalty mostly shrinks the weights and so raises the effective learning rate
-(van Laarhoven 2017), while on the last 1x1 convolution (the classifier) it limits the logits' scale.
+gamma prunes whole channels (network slimming), a different experiment. Every convolution but the last feeds
+ReLU -> BatchNorm, so the output ignores its scale: there a penalty can change only the effective step
+lr/‖w‖² (van Laarhoven 2017); on conv9, the classifier, it limits the logits (confirm.py tests both routes).
 """
 from dataclasses import dataclass
 
@@ -21,12 +20,8 @@ class Variant:
     match_norms: str = ""        # a variant's name: after every step, rescale conv1-8 to its norms (same seed, same pack)
 
 
-# Chosen by `make lambdas` under the recipe chosen by `make recipe` (results/recipe.json), on the validation split
-# (train on the first 50k, score on the last 10k training images), 15 epochs, seeds 0-2 per point. Rule, fixed
-# before the runs: per penalty, the largest lambda whose mean final validation accuracy stays within 0.05 points
-# of the recipe without penalty (99.360). l1: 3e-5 99.383, 1e-4 99.303, 3e-4 99.073 -> 3e-5.
-# l2: 3e-5 99.443, 1e-4 99.367, 3e-4 99.370 -> 3e-4 (the largest tried: the rule could not look further).
-# (The first study's 1e-4 / 1e-4 came from a one-seed, 4-epoch sweep: results/sweep.json.)
+# chosen by `make lambdas` on the validation split (rules.LAMBDA_RULE): results/recipe.json holds the runs and the
+# choice, REPORT.md shows them, and a test fails where these differ from it
 L1 = 3e-5
 L2 = 3e-4
 

@@ -147,16 +147,13 @@ def checkpoint_owner(path):
 
 def busy(folder, name):
     """Whether another process holds the lock of <folder>/<name>.json now (a train.py is writing it)."""
-    path = os.path.join(folder, f"{name}.lock")
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(folder, f"{name}.lock")):
         return False
-    with open(path, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    return False
+    try:
+        with locked(folder, [name]):
+            return False
+    except ResultsError:
+        return True
 
 
 @contextlib.contextmanager
