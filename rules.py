@@ -182,21 +182,6 @@ def check_validation_runs(runs, reference=None, ignore=()):
                              f"chosen one")
 
 
-def choose_recipe(candidates):
-    """candidates: [(name, val_summary)] from the fewest changes to the most -> the chosen name (RECIPE_RULE)."""
-    means = [s["val_acc_mean"] for _, s in candidates if s["val_acc_mean"] is not None]
-    if not means:
-        raise ValueError("every seed of every recipe candidate diverged: nothing to choose")
-    best = max(means)
-    return next(name for name, s in candidates if s["val_acc_mean"] is not None and s["val_acc_mean"] >= best - TIE)
-
-
-def choose_lambda(points, reference):
-    """points: [(lambda, val_summary)] of one penalty; reference: mean without penalty -> λ or None (LAMBDA_RULE)."""
-    ok = [lam for lam, s in points if s["val_acc_mean"] is not None and s["val_acc_mean"] >= reference - TIE]
-    return max(ok) if ok else None
-
-
 def check_recipe(r):
     """ValueError unless recipe.json's content r has what recipe_choice writes and report.py shows."""
     entries = lambda xs, keys: isinstance(xs, list) and all(isinstance(x, dict) and keys <= set(x) for x in xs)
@@ -208,13 +193,15 @@ def check_recipe(r):
 
 
 def recipe_choice(candidates, lambda_runs):
-    """recipe.json's content from the candidate runs [(name, path, result)] and the λ runs {path: result}."""
+    """recipe.json's content from the candidate runs [(name, path, result)], listed from the fewest changes to the
+    most, and the λ runs {path: result}: RECIPE_RULE and LAMBDA_RULE applied."""
     check_validation_runs({path: r for _, path, r in candidates})
     summaries = [(name, val_summary(r)) for name, _, r in candidates]
-    if all(s["val_acc_mean"] is None for _, s in summaries):  # name the files, which choose_recipe does not know
+    means = {name: s["val_acc_mean"] for name, s in summaries if s["val_acc_mean"] is not None}
+    if not means:
         raise ValueError(f"every seed of every recipe candidate diverged ({', '.join(p for _, p, _ in candidates)}): "
                          f"nothing to choose")
-    chosen = choose_recipe(summaries)
+    chosen = next(name for name, mean in means.items() if mean >= max(means.values()) - TIE)  # the first tied
     out = {"rule": RECIPE_RULE, "candidates": [{"name": name, "config": r["config"]} | s
                                                for (name, _, r), (_, s) in zip(candidates, summaries)],
            "chosen": chosen, "lambdas": None, "lambda_rule": LAMBDA_RULE}
@@ -227,7 +214,8 @@ def recipe_choice(candidates, lambda_runs):
             pts = sorted(((r["config"][key], val_summary(r)) for r in lambda_runs.values() if r["variant"] == key),
                          key=lambda p: p[0])
             out["lambda_points"] += [{"penalty": key, "lambda": lam} | s for lam, s in pts]
-            out["lambdas"][key] = choose_lambda(pts, reference)
+            passed = [lam for lam, s in pts if s["val_acc_mean"] is not None and s["val_acc_mean"] >= reference - TIE]
+            out["lambdas"][key] = max(passed, default=None)
     return out
 
 
