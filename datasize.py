@@ -69,17 +69,27 @@ def run_packs(todo, processes=1, env=None):
     order. Two packs that write one results file never run at once; a pack another process is training (its files'
     locks are held: another driver, or a train.py left running) takes a place, and is skipped once it is done.
     Ctrl-C reaches every train.py (each keeps its finished epochs) and the study stops with them; a SIGTERM here is
-    passed on to them."""
-    running, codes, termed = [], [], []
+    passed on to them. Either signal also stops a driver that has no child running."""
+    running, codes, stop, told, noted, started = [], [], [], set(), set(), 0
     files = lambda pack: {(pack[1], name) for name in pack[2]}
-    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: termed.extend(
-        proc.send_signal(signal.SIGTERM) or proc for proc, _ in running))}
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # not SIG_IGN, which the train.py children would inherit
-        old[signal.SIGINT] = signal.signal(signal.SIGINT, lambda *_: None)
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, _: stop.append(signum))}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a handler, not SIG_IGN, which the children inherit
+        old[signal.SIGINT] = signal.signal(signal.SIGINT, lambda signum, _: stop.append(signum))
     try:
-        while todo or running:
-            while not termed and not any(codes):
-                elsewhere = [pk for pk in todo if any(results.busy(out, name) for out, name in files(pk))]
+        while True:
+            for proc, pack in list(running):
+                if proc.poll() is not None:
+                    running.remove((proc, pack))
+                    codes.append(proc.returncode)
+            for proc in [proc for proc, _ in running if signal.SIGTERM in stop and proc not in told]:
+                proc.send_signal(signal.SIGTERM)  # once per child: a second one would cut its clean-up short
+                told.add(proc)
+            while not stop and not any(codes):
+                own = {f for _, pack in running for f in files(pack)}  # locked by this driver's own children
+                elsewhere = [pk for pk in todo if any(results.busy(out, name) for out, name in files(pk) - own)]
+                for out, name in {f for pk in elsewhere for f in files(pk) - own} - noted:
+                    print(f"waiting: another process is writing {os.path.join(out, name)}.json", flush=True)
+                    noted.add((out, name))
                 # packs that write the same files are one process elsewhere (each file has one writer at a time)
                 if len(running) + len({frozenset(files(pk)) for pk in elsewhere}) >= processes:
                     break
@@ -90,24 +100,29 @@ def run_packs(todo, processes=1, env=None):
                     break
                 todo.remove(free[0])
                 running.append((start(*free[0], env), free[0]))
-            for proc, pack in list(running):
-                if proc.poll() is not None:
-                    running.remove((proc, pack))
-                    codes.append(proc.returncode)
-            if (termed or any(codes)) and not running:
+                started += 1
+            if not running and (stop or any(codes) or not todo):
                 break
-            if running or todo:  # with nothing running, only packs that another process trains are left
-                time.sleep(0.5 if running else 30)
+            for _ in range(1 if running else 60):  # with nothing running, only packs another process trains are left
+                if not stop:
+                    time.sleep(0.5)
     finally:
+        for proc, _ in running:  # only where an error ends the loop: no train.py outlives its driver
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    if termed:
+    if signal.SIGTERM in stop:
         raise Stop(143, "terminated (SIGTERM, passed on to train.py); what finished is kept")
     bad = next((c for c in codes if c), 0)
     if bad:  # a negative code: a signal train.py could not catch (kill -9): name it, and exit as a shell would
         why = f"was killed by {signal.Signals(-bad).name}" if bad < 0 else f"exited {bad}"
         raise Stop(128 - bad if bad < 0 else bad, f"train.py {why}; the study stops here (what finished is kept; "
                                                   f"the same command continues)")
+    if stop:
+        raise Stop(130, "interrupted; what finished is kept (the same command continues)")
+    if not started:
+        print("nothing to train: every pack is already done", flush=True)
 
 
 def lambda_args(size):

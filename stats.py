@@ -213,10 +213,11 @@ SCALE_INVARIANT = LAYERS[:8]  # they feed ReLU -> BatchNorm: the output ignores 
 
 
 def norm_curves(result):
-    """{conv1: (seeds, epochs), ...} weight norms; None where the epochs do not record them (older files)."""
-    if not all("weight_norm" in e for run in result["runs"] for e in run["epochs"]):
-        return None
-    return {k: curves(result, lambda e, k=k: e["weight_norm"].get(k))[1] for k in LAYERS}
+    """{conv1: (seeds, epochs), ...} weight norms of the runs whose epochs record them; None where none do (older
+    files)."""
+    runs = [run for run in result["runs"] if run["epochs"] and all("weight_norm" in e for e in run["epochs"])]
+    with_norms = dict(result, runs=runs)
+    return {k: curves(with_norms, lambda e, k=k: e["weight_norm"].get(k))[1] for k in LAYERS} if runs else None
 
 
 EPOCH_RANGES = [(1, 4), (5, 10), (11, 15)]            # early, the middle where penalised runs trail, the anneal

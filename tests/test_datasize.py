@@ -1,5 +1,6 @@
 """The data-size study: class-balanced subsets paired across variants, the same step budget for every size, the λ
 rule on the validation split, and a study that resumes where it stopped."""
+import fcntl
 import json
 import os
 import signal
@@ -163,7 +164,7 @@ def test_the_study_runs_its_steps_in_order_and_skips_what_is_done(tiny_study, tm
     capfd.readouterr()
     datasize.main(["all", *tiny_study])
     out = capfd.readouterr().out
-    assert "python train.py" not in out, out  # every pack is done: no train.py starts
+    assert "python train.py" not in out and "nothing to train: every pack is already done" in out, out
     assert {p: p.read_bytes() for p in (tmp_path / "datasize").rglob("*.json")} == before
 
 
@@ -323,6 +324,62 @@ def test_sigterm_stops_the_train_py_child(tmp_path):
     finally:
         if alive(child, within=0):
             os.kill(child, signal.SIGKILL)
+
+
+class Holder:
+    """A train.py as run_packs sees it: holds its results file's lock until its last poll (life[name] polls)."""
+    def __init__(self, args, env=None):
+        self.name, self.polls, self.returncode = args[0], 0, None
+        self.lock = open(os.path.join(args[2], f"{args[1]}.lock"), "a")
+        fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        Holder.log.append(("start", self.name))
+
+    def poll(self):
+        self.polls += 1
+        if self.polls >= Holder.life[self.name] and self.returncode is None:
+            self.lock.close()
+            self.returncode = 0
+            Holder.log.append(("end", self.name))
+        return self.returncode
+
+
+def fake_packs(tmp_path, monkeypatch, life):
+    """Packs (run name, its results file) for run_packs, trained by Holders; returns (packs, sleeps)."""
+    Holder.log, Holder.life, sleeps = [], life, []
+    monkeypatch.setattr(datasize, "spawn", Holder)
+    monkeypatch.setattr(datasize.time, "sleep", sleeps.append)
+    return lambda run, file: ([run, file, str(tmp_path)], str(tmp_path), [file], [0]), sleeps
+
+
+def test_the_driver_fills_a_free_place_at_once(tmp_path, monkeypatch):
+    """With two places, when a short pack ends the next free pack starts beside the long one, while a pack of the
+    long one's file waits for it (its lock is this driver's own child's, not another process's); the driver never
+    sleeps more than half a second at a time while a pack runs."""
+    pack, sleeps = fake_packs(tmp_path, monkeypatch, {"a1": 6, "b": 2, "a2": 2, "c": 2})
+    datasize.run_packs([pack("a1", "a"), pack("b", "b"), pack("a2", "a"), pack("c", "c")], processes=2)
+    log = Holder.log
+    assert log.index(("start", "c")) < log.index(("end", "a1")) < log.index(("start", "a2")), log
+    assert set(sleeps) == {0.5} and len(sleeps) < 20, sleeps  # one per poll: no 30 s wait
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_a_driver_with_no_child_running(tmp_path, monkeypatch, sig, code):
+    """While the driver waits for a pack another process trains, Ctrl-C or SIGTERM ends it (exit 130 / 143) and
+    nothing starts."""
+    pack, _ = fake_packs(tmp_path, monkeypatch, {"a": 1})
+    other = open(tmp_path / "a.lock", "a")
+    fcntl.flock(other, fcntl.LOCK_EX)
+    calls = []
+
+    def sleep(seconds):  # the signal arrives while the driver sleeps
+        calls.append(seconds)
+        assert len(calls) < 200, "the driver went on waiting after the signal"
+        os.kill(os.getpid(), sig)
+    monkeypatch.setattr(datasize.time, "sleep", sleep)
+    with pytest.raises(datasize.Stop) as e:
+        datasize.run_packs([pack("a", "a")])
+    other.close()
+    assert e.value.code == code and Holder.log == [], (e.value.code, Holder.log)
 
 
 def test_ctrl_c_reaches_the_train_py_child(tmp_path):
