@@ -18,6 +18,11 @@ def fmt_p(p):
     return "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def diff_cell(c):
+    """A table's 'mean [lo, hi]' of a contrast (stats.family's entry), the mean alone for one seed, '–' for none."""
+    return "–" if not c else f"{c['mean']:+.2f}" + ("" if c["lo"] is None else f" [{c['lo']:+.2f}, {c['hi']:+.2f}]")
+
+
 def contrasts(paired):
     """stats.family over every variant of the folder that pairs with the base: the folder's family."""
     fam = rules.FAMILIES["main"]
@@ -133,11 +138,6 @@ def replication(s, cs5):
                                                       f"no verdict contradicts it: {said(both)}.")]
 
 
-def subset(s):
-    """The training images of a confirmatory study's runs (its plan fixes one size for all)."""
-    return next(iter(s["found"].values()))["config"]["train_subset"]
-
-
 def mechanism_shares(s):
     """How much of l2's effect each arm alone recovers (arm − none over l2 − none, seed means: point estimates), in
     the primary measure (loss) and the secondary one (accuracy), with what survives Holm's correction there."""
@@ -148,7 +148,7 @@ def mechanism_shares(s):
     step, head = share(loss, "none_normmatch"), share(loss, "l2_conv9")
     kept = [f"`{a}` {c['verdict']}" for (a, b), c in acc.items() if c["reject"] and b == rules.BASE]
     both = all(loss[(arm, rules.BASE)]["verdict"].startswith("beats") for arm in ("none_normmatch", "l2_conv9"))
-    size = subset(s)
+    size = next(iter(s["found"].values()))["config"]["train_subset"]  # the plan fixes one size for all
     return (f"- **What each route carries** (point estimates). Alone, `none_normmatch` (l2's norms on conv1-8, no "
             f"penalty) recovers {step:.0f}% of `l2`'s mean loss reduction and `l2_conv9` (the penalty on the "
             f"classifier alone) {head:.0f}%; " +
@@ -182,12 +182,11 @@ def answer(found, cs):
              f"| p (Holm) | verdict |", "|" + "---|" * 9]
     for name, r in found.items():
         s, c = r["summary"], cs.get(name)
-        diff = "–" if not c or c["lo"] is None else f"{c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]"
         p = "–" if not c or c["p"] is None else f"{fmt_p(c['p'])} ({fmt_p(c['p_holm'])})"
         verdict = "–" if not c or not c.get("verdict") else c["verdict"]
         lines.append(f"| {name} | {r['config']['l1']:g} | {r['config']['l2']:g} | {s['final_test_acc_mean']:.2f} ± "
                      f"{s['final_test_acc_std']:.2f} | {s['final_test_acc_min']:.2f} | {s['final_test_acc_max']:.2f} "
-                     f"| {diff} | {p} | {verdict} |")
+                     f"| {diff_cell(c)} | {p} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
@@ -299,6 +298,6 @@ def control(settled):
     decision = settled and settled["mechanism"]["decision"]
     if not decision:
         return "no control has tested it yet."
-    size = subset(settled["mechanism"])
+    size = next(iter(settled["mechanism"]["found"].values()))["config"]["train_subset"]
     return (f"the control at {size:,} images, where L2's effect on the loss is large, decides **{decision}** "
             f"([below](#settling-it-the-confirmatory-study)); at 60,000 images no control was run.")

@@ -38,10 +38,6 @@ COLORS = dict(zip(VARIANTS, ["black", "tab:blue", "tab:orange", "tab:green", "ta
                              "tab:pink"]))
 
 
-def color(result):
-    return COLORS.get(result["variant"])
-
-
 def png(fig, dpi=120):
     """The figure as PNG bytes: results.py writes them, atomically."""
     fig.tight_layout()
@@ -66,7 +62,7 @@ def plot_loss(found):
     for ax, key, title in [(axes[0], "train_loss", "train loss (data loss, epoch mean)"),
                            (axes[1], "test_loss", f"{stats.split(found)} loss")]:
         for name, r in found.items():
-            band(ax, *stats.curves(r, key), name, color(r))
+            band(ax, *stats.curves(r, key), name, COLORS.get(r["variant"]))
         ax.set(title=title, xlabel="epoch", yscale="log")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3, which="both")
@@ -80,7 +76,7 @@ def plot_accuracy(found):
     tail, top = [], []
     for name, r in found.items():
         x, arr = stats.curves(r, "test_acc")
-        band(ax, x, arr, name, color(r))
+        band(ax, x, arr, name, COLORS.get(r["variant"]))
         tail.append(np.nanmin(arr[:, min(2, arr.shape[1] - 1):]))  # zoom past the first two epochs
         top.append(np.nanmax(arr))
     ax.axhline(rules.AIM, ls="--", color="gray", lw=1, label=f"{rules.AIM:.1f}% target")
@@ -102,7 +98,7 @@ def plot_norms(found):
         return None
     fig, axes = plt.subplots(2, 5, figsize=(17, 6.8), sharex=True)
     for name, norms in have.items():
-        x, c = np.arange(1, norms["conv1"].shape[1] + 1), color(found[name])
+        x, c = np.arange(1, norms["conv1"].shape[1] + 1), COLORS.get(found[name]["variant"])
         for ax, k in zip(axes.flat, stats.LAYERS):
             ax.plot(x, np.nanmean(norms[k], 0), color=c, lw=1.4, label=f"{name} (n={len(norms[k])})")
         ratio = stats.step_ratio(found[name], found[rules.BASE]) if rules.BASE in have else None
@@ -148,7 +144,7 @@ def plot_weights(found, weights):
                            (axes[1], rel, np.logspace(-6, 0, 61))]:
         for name, v in vals.items():  # values below the first bin (exact zeros too) count in the first bin
             ax.hist(np.clip(v, bins[0], bins[-1]), bins=bins, weights=np.full(len(v), 1 / seeds[name]),
-                    histtype="step", lw=1.5, color=color(found[name]), label=label[name])
+                    histtype="step", lw=1.5, color=COLORS.get(found[name]["variant"]), label=label[name])
         ax.set(xscale="log", yscale="log")
         ax.grid(alpha=0.3, which="both")
     axes[1].axvline(NEAR_ZERO, color="gray", ls="--", lw=1)
@@ -184,7 +180,7 @@ def plot_differences(found, paired):
     fig, ax = plt.subplots(figsize=(max(6.5, 1.4 * len(shown) + 3), 4.8))
     ax.axhline(0, color="gray", lw=1)
     for x, (name, (seeds, diffs)) in enumerate(shown.items()):
-        c = color(found[name])
+        c = COLORS.get(found[name]["variant"])
         jitter = np.linspace(-0.12, 0.12, len(diffs)) if len(diffs) > 1 else [0.0]
         ax.scatter(x + np.asarray(jitter), diffs, s=22, color=c, alpha=0.7, zorder=3)
         mean, lo, hi = stats.interval(diffs)

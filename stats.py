@@ -6,6 +6,7 @@ import numpy as np
 import scipy.stats
 import torch
 
+import regularizers
 from rules import AIM, ALPHA, BASE, FAMILIES, differences, experiment, verdict
 
 def finals(result, key="final_test_acc"):
@@ -209,7 +210,7 @@ def datasize_rows(study, base=BASE, families=("datasize_acc", "datasize_loss")):
 # the effective step of the scale-invariant layers (norms.png, the README)
 
 LAYERS = [f"conv{i}" for i in range(1, 10)]
-SCALE_INVARIANT = LAYERS[:8]  # they feed ReLU -> BatchNorm: the output ignores their scale
+SCALE_INVARIANT = LAYERS[:regularizers.SCALE_INVARIANT]  # they feed ReLU -> BatchNorm: the output ignores their scale
 
 
 def norm_curves(result):
