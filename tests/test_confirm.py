@@ -165,6 +165,8 @@ def test_the_reading_waits_for_every_seed_then_speaks_the_plans_words(folder, mn
     c = confirm.reading(str(folder))["main"]["contrasts"]
     assert sorted(c) == [("l1", "none"), ("l1l2", "none"), ("l2", "none")]
     assert all(v["verdict"] in ("is equal to none within ±0.05", "is not distinguishable from none") for v in c.values())
+    fresh = findings.targets({}, confirm.reading(str(folder)))
+    assert "fresh seeds `none`, `l1`, `l2`, `l1l2` reach 99.45% on average, and 0 of the 80 models end below" in fresh, fresh
     said = findings.replicated(confirm.reading(str(folder)))
     assert said.startswith(" On 20 fresh seeds per variant, at the ±0.05") and "`l1`" in said and "`l1l2`" in said, said
     assert plot.plot_confirm(confirm.reading(str(folder)))[:4] == b"\x89PNG"
