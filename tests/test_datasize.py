@@ -313,17 +313,24 @@ def alive(pid, within=30.0):
         time.sleep(0.1)
 
 
-def test_sigterm_stops_the_train_py_child(tmp_path):
-    """SIGTERM to datasize.py is passed on to its train.py child: both end, datasize.py with exit 143 and one line."""
+@pytest.mark.parametrize("sig,to_child,code,said", [(signal.SIGTERM, False, 143, "SIGTERM"),
+                                                    (signal.SIGINT, True, 130, "exited 130")])
+def test_a_signal_stops_the_train_py_child(tmp_path, sig, to_child, code, said):
+    """SIGTERM to datasize.py is passed on to its train.py child; Ctrl-C (SIGINT to both, as a terminal sends it)
+    reaches the child, which is not left ignoring it. Both end, datasize.py with exit 143 / 130 and one line."""
     proc, child = datasize_with_child(tmp_path)
     try:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
+        if to_child:
+            os.kill(child, sig)
         _, err = proc.communicate(timeout=120)
         assert not alive(child), f"train.py {child} still runs after datasize.py ended ({proc.returncode}): {err}"
-        assert proc.returncode == 143 and "SIGTERM" in err.strip().splitlines()[-1], err
+        assert proc.returncode == code and said in err.strip().splitlines()[-1], err
     finally:
         if alive(child, within=0):
             os.kill(child, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
 
 
 class Holder:
@@ -380,23 +387,6 @@ def test_a_signal_stops_a_driver_with_no_child_running(tmp_path, monkeypatch, si
         datasize.run_packs([pack("a", "a")])
     other.close()
     assert e.value.code == code and Holder.log == [], (e.value.code, Holder.log)
-
-
-def test_ctrl_c_reaches_the_train_py_child(tmp_path):
-    """Ctrl-C (SIGINT to datasize.py and its train.py child, as a terminal sends it) stops the child, which is not
-    left ignoring it, and the study with it: exit 130, one line."""
-    proc, child = datasize_with_child(tmp_path)
-    try:
-        proc.send_signal(signal.SIGINT)
-        os.kill(child, signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-        assert not alive(child), f"train.py {child} still runs after datasize.py ended ({proc.returncode}): {err}"
-        assert proc.returncode == 130 and "exited 130" in err.strip().splitlines()[-1], err
-    finally:
-        if alive(child, within=0):
-            os.kill(child, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.kill()
 
 
 def test_a_child_killed_by_a_signal_is_named(tmp_path):
