@@ -76,7 +76,7 @@ FLOAT32_MAX = 3.4e38  # the step computes in float32: a larger value overflows i
 finite_nonneg = typed(float, lambda v: math.isfinite(v) and 0 <= v < FLOAT32_MAX, "must be a finite number >= 0")
 finite_pos = typed(float, lambda v: math.isfinite(v) and 0 < v < FLOAT32_MAX, "must be a finite number > 0")
 below_one = typed(float, lambda v: 0 <= v < 1, "must be a number >= 0 and < 1")
-share = typed(float, lambda v: 0 < v < 1, "must be a number > 0 and < 1")
+fraction = typed(float, lambda v: 0 < v < 1, "must be a number > 0 and < 1")
 seed_list = typed(lambda s: [int(x) for x in s.split(",")],
                   lambda v: len(set(v)) == len(v) and all(0 <= x < 2**32 for x in v),
                   "must be distinct comma-separated integers in [0, 2^32), e.g. 0,1,2")
@@ -101,7 +101,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=seed_list, default=d.seeds, help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device, help="auto = cuda if present")
     for name, kind, help_ in [("epochs", positive_int, "epochs per seed"), ("lr", finite_pos, "OneCycle peak lr"),
-                              ("dropout", below_one, "dropout p"), ("warmup", share, "fraction of steps to the peak lr"),
+                              ("dropout", below_one, "dropout p"), ("warmup", fraction, "fraction of steps to the peak lr"),
                               ("rotate_deg", finite_nonneg, "rotation range in degrees"),
                               ("momentum", finite_nonneg, "SGD momentum when --no-cycle-momentum"),
                               ("virtual_batch", positive_int, "Ghost BN virtual batch"),

@@ -27,8 +27,8 @@ import rules
 # the 209 committed runs with a penalty the ratio recorded / recomputed lies in [0.999, 1.474] (the epoch mean
 # is the larger, the more so the stronger the penalty); a λ relabelled 2x moves it outside either bound
 PENALTY_RATIO = (0.8, 1.6)
-NOT_FIXED = {"compile"}
-ANY = "any"  # config_problems: a folder whose files may hold any seeds  # train.py falls back to eager where no compiler works, and records it: the same study
+NOT_FIXED = {"compile"}  # train.py falls back to eager where no compiler works, and records it: the same study
+ANY = "any"  # config_problems: a folder whose files may hold any seeds
 
 
 def penalty_problem(cfg, run, weights):
