@@ -383,10 +383,31 @@ def test_a_signal_stops_a_driver_with_no_child_running(tmp_path, monkeypatch, si
         assert len(calls) < 200, "the driver went on waiting after the signal"
         os.kill(os.getpid(), sig)
     monkeypatch.setattr(datasize.time, "sleep", sleep)
-    with pytest.raises(datasize.Stop) as e:
-        datasize.run_packs([pack("a", "a")])
+    # Ctrl-C as a terminal delivers it, even where the shell running pytest ignores SIGINT (a background job, CI)
+    usual = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(datasize.Stop) as e:
+            datasize.run_packs([pack("a", "a")])
+    finally:
+        signal.signal(signal.SIGINT, usual)
     other.close()
     assert e.value.code == code and Holder.log == [], (e.value.code, Holder.log)
+
+
+def test_a_driver_started_with_sigint_ignored_leaves_it_ignored(tmp_path, monkeypatch):
+    """A driver started as a background job (SIGINT ignored, as a shell starts one) keeps it ignored: its train.py
+    children inherit that, so the terminal's Ctrl-C meant for the foreground job stops none of them."""
+    pack, _ = fake_packs(tmp_path, monkeypatch, {"a": 1})
+    seen = []
+    monkeypatch.setattr(datasize, "spawn", lambda args, env=None: seen.append(signal.getsignal(signal.SIGINT))
+                        or Holder(args, env))
+    usual = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        datasize.run_packs([pack("a", "a")])
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, usual)
+    assert seen == [signal.SIG_IGN] and Holder.log == [("start", "a"), ("end", "a")], (seen, Holder.log)
 
 
 def test_a_child_killed_by_a_signal_is_named(tmp_path):
