@@ -1,5 +1,6 @@
 """The data-size study: class-balanced subsets paired across variants, the same step budget for every size, the λ
 rule on the validation split, and a study that resumes where it stopped."""
+import contextlib
 import fcntl
 import json
 import os
@@ -369,6 +370,17 @@ def test_the_driver_fills_a_free_place_at_once(tmp_path, monkeypatch):
     assert set(sleeps) == {0.5} and len(sleeps) < 20, sleeps  # one per poll: no 30 s wait
 
 
+@contextlib.contextmanager
+def sigint(handler):
+    """SIGINT set to handler for the block, whatever the shell running pytest left it at (a background job's
+    shell, as CI's may be, ignores it)."""
+    usual = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, usual)
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_a_driver_with_no_child_running(tmp_path, monkeypatch, sig, code):
     """While the driver waits for a pack another process trains, Ctrl-C or SIGTERM ends it (exit 130 / 143) and
@@ -383,13 +395,8 @@ def test_a_signal_stops_a_driver_with_no_child_running(tmp_path, monkeypatch, si
         assert len(calls) < 200, "the driver went on waiting after the signal"
         os.kill(os.getpid(), sig)
     monkeypatch.setattr(datasize.time, "sleep", sleep)
-    # Ctrl-C as a terminal delivers it, even where the shell running pytest ignores SIGINT (a background job, CI)
-    usual = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(datasize.Stop) as e:
-            datasize.run_packs([pack("a", "a")])
-    finally:
-        signal.signal(signal.SIGINT, usual)
+    with sigint(signal.default_int_handler), pytest.raises(datasize.Stop) as e:  # Ctrl-C as a terminal has it
+        datasize.run_packs([pack("a", "a")])
     other.close()
     assert e.value.code == code and Holder.log == [], (e.value.code, Holder.log)
 
@@ -401,12 +408,9 @@ def test_a_driver_started_with_sigint_ignored_leaves_it_ignored(tmp_path, monkey
     seen = []
     monkeypatch.setattr(datasize, "spawn", lambda args, env=None: seen.append(signal.getsignal(signal.SIGINT))
                         or Holder(args, env))
-    usual = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    with sigint(signal.SIG_IGN):
         datasize.run_packs([pack("a", "a")])
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, usual)
     assert seen == [signal.SIG_IGN] and Holder.log == [("start", "a"), ("end", "a")], (seen, Holder.log)
 
 
